@@ -1,0 +1,254 @@
+"""Configuration: one pydantic model, read from one YAML file with `UNISON_` environment overrides.
+
+Precedence, highest first: keyword arguments, environment (`UNISON_KAFKA__BOOTSTRAP_SERVERS=...`, nested
+fields joined by `__`), the YAML file (`--config`, else `$UNISON_CONFIG`, else `./unison.yaml` when present),
+then the defaults below. Every field's description is its documentation (`unison config show --schema`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "UNISON_"
+DEFAULT_CONFIG_FILE = "unison.yaml"
+
+_config_file: ContextVar[Path | None] = ContextVar("unison_config_file", default=None)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names every bad field and what is wrong with it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Strict):
+    """Where the Ray cluster is. Leave `address` empty to run the embedded head started by `unison stack up`."""
+
+    address: str | None = Field(
+        default=None,
+        description="GCS address of an existing Ray cluster (`host:port`) used by `ray.init` and Serve. "
+        "Empty: the embedded head from `unison stack up`.",
+    )
+    dashboard_url: str | None = Field(
+        default=None,
+        description="HTTP address of that cluster's dashboard and job server, e.g. `http://head:8265`; "
+        "required together with `address`. Jobs are submitted here.",
+    )
+    num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs the embedded head advertises. Empty: all cores of this machine."
+    )
+    object_store_memory_bytes: int | None = Field(
+        default=None,
+        ge=78_643_200,
+        description="Object store size of the embedded head in bytes (Ray's minimum is 75 MiB). "
+        "Empty: Ray's default (30% of memory).",
+    )
+    start_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long `stack up` waits for the embedded head's job server to answer."
+    )
+
+    @model_validator(mode="after")
+    def _external_needs_both(self) -> RayConfig:
+        if (self.address is None) != (self.dashboard_url is None):
+            raise ValueError("set both `address` and `dashboard_url` for an external cluster, or neither")
+        if self.dashboard_url is not None and not re.match(r"^https?://", self.dashboard_url):
+            raise ValueError("`dashboard_url` must start with http:// or https://")
+        return self
+
+    @property
+    def external(self) -> bool:
+        return self.address is not None
+
+
+class TopicConfig(_Strict):
+    """A Kafka topic the stack creates when it is missing."""
+
+    name: str = Field(description="Topic name.", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    partitions: int = Field(
+        default=1, ge=1, le=1024, description="Partition count; bounds how many consumers of one group share it."
+    )
+
+
+class KafkaConfig(_Strict):
+    """The Kafka broker. Leave `bootstrap_servers` empty to run the embedded Tansu broker."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated `host:port` list of an existing Kafka cluster. "
+        "Empty: the embedded Tansu broker from `unison stack up` on a free loopback port.",
+    )
+    client_id: str = Field(default="unison", description="Client id prefix sent to the broker (shows in its logs).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="kafka-python `security_protocol`."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        default=None, description="SASL mechanism when `security_protocol` is SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; never logged. Prefer `UNISON_KAFKA__SASL_PASSWORD`."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(default=None, description="Client private key for mutual TLS.")
+    input_topic: str = Field(default="tickets", description="Topic the streaming path consumes tickets from.")
+    output_topic: str = Field(default="predictions", description="Topic the streaming path writes predictions to.")
+    dead_letter_topic: str = Field(
+        default="tickets.dlq", description="Topic that receives malformed tickets with a reason header."
+    )
+    feature_events_topic: str = Field(
+        default="customer-events", description="Topic of customer activity updates pushed into Feast."
+    )
+    feature_events_dead_letter_topic: str = Field(
+        default="customer-events.dlq", description="Topic that receives malformed feature events."
+    )
+    topics: list[TopicConfig] = Field(
+        default_factory=lambda: [
+            TopicConfig(name="tickets", partitions=4),
+            TopicConfig(name="predictions", partitions=4),
+            TopicConfig(name="tickets.dlq", partitions=1),
+            TopicConfig(name="customer-events", partitions=2),
+            TopicConfig(name="customer-events.dlq", partitions=1),
+        ],
+        description="Topics `stack up` creates when missing (on the embedded broker and on an external one).",
+    )
+    start_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long `stack up` waits for the embedded broker to accept connections."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"`sasl_mechanism` is required with security_protocol={self.security_protocol}")
+        names = [t.name for t in self.topics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"topics listed twice: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def external(self) -> bool:
+        return self.bootstrap_servers is not None
+
+    def client_options(self) -> dict[str, Any]:
+        """Security and identity options for any kafka-python client; the password stays out of repr/logs."""
+        options: dict[str, Any] = {"client_id": self.client_id, "security_protocol": self.security_protocol}
+        if self.sasl_mechanism is not None:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, key)
+            if value is not None:
+                options[key] = str(value)
+        return options
+
+
+class DataConfig(_Strict):
+    """Generated demo data (support-ticket triage)."""
+
+    dir: Path = Field(default=Path(".unison/data"), description="Where `unison data generate` writes Parquet.")
+    customers: int = Field(default=2_000, ge=1, description="Customers to generate.")
+    tickets: int = Field(default=20_000, ge=0, description="Unlabelled tickets to generate (the table to score).")
+    seed: int = Field(default=7, ge=0, description="Random seed; the same seed gives the same data.")
+
+
+class Settings(BaseSettings):
+    """Everything Unison reads at start. Unknown keys are errors, so a typo never silently falls back."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    state_dir: Path = Field(
+        default=Path(".unison"),
+        description="Directory for the embedded stack's state (ports, pids, logs), so `stack status` and "
+        "`stack down` find what `stack up` started from any process.",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Demo data generation.")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_not_a_file(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def resolve_config_file(config_file: Path | None = None) -> Path | None:
+    """The YAML file to read: the explicit one, else `$UNISON_CONFIG`, else `./unison.yaml` if it exists."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        return config_file
+    from_env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"{ENV_PREFIX}CONFIG={from_env} does not point at a file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the file, the environment and `overrides`; raise `ConfigError` on any problem."""
+    path = resolve_config_file(config_file)
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    except (OSError, ValueError, TypeError) as exc:  # unreadable or non-mapping YAML
+        raise ConfigError(f"cannot read configuration from {path}: {exc}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f"{path} and {ENV_PREFIX}* environment variables" if path else f"{ENV_PREFIX}* environment variables"
+    lines = [f"invalid configuration (read from {where}):"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "<root>"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or error["type"] == "missing" else f" (got {value!r})"
+        hint = ""
+        if not any(isinstance(part, int) for part in error["loc"]):
+            hint = "  [env: " + ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper() + "]"
+        lines.append(f"  {field}: {error['msg']}{shown}{hint}")
+    return "\n".join(lines)

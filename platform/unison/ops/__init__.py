@@ -1,0 +1,1 @@
+"""Operations: the embedded local stack, and later metrics and status."""

@@ -1,0 +1,68 @@
+"""The CLI reads like a manual, fails with clear messages, and never needs a server for --help."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unison.cli import app
+
+GROUPS = ("stack", "data", "optimize", "models", "features", "batch", "serve", "stream", "parity", "status", "demo")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("UNISON_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_help_lists_every_command_group() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for group in GROUPS:
+        assert group in result.output
+
+
+@pytest.mark.parametrize("command", [["stack"], ["data"], ["config"], ["stack", "up"], ["data", "generate"],
+                                     ["demo"], ["status"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: unison" in result.output
+
+
+def test_unbuilt_groups_say_so() -> None:
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "not available in this version yet" in result.output
+
+
+def test_invalid_configuration_exits_2_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNISON_KAFKA__TOPICS", '[{"name": "x", "partitions": -2}]')
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    assert "kafka.topics.0.partitions" in result.output
+
+
+def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNISON_KAFKA__SASL_PASSWORD", "hunter2")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    assert "hunter2" not in result.output and "**********" in result.output
+
+
+def test_stack_status_without_a_stack_exits_1() -> None:
+    result = runner.invoke(app, ["stack", "status", "--json"])
+    assert result.exit_code == 1
+    assert '"health": "stopped"' in result.output
+
+
+def test_data_generate_rejects_bad_sizes(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "generate", "--customers", "0", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "customers" in result.output
