@@ -397,38 +397,23 @@ def up(settings: Settings) -> tuple[StackState, list[str]]:
     with _locked(settings):
         state = load_state(settings)
 
-        if settings.ray.external:
-            assert settings.ray.address is not None
-            state.components[RAY] = ComponentState(name=RAY, managed=False, address=settings.ray.address,
-                                                   url=settings.ray.dashboard_url)
-            actions.append(f"ray: using external cluster {settings.ray.dashboard_url}")
-        else:
-            current = state.components.get(RAY)
+        starters = {RAY: _start_ray, KAFKA: _start_kafka}
+        for name, start in starters.items():
+            external = _configured_external(settings, name)
+            if external is not None:
+                state.components[name] = external
+                actions.append(f"{name}: using external cluster {external.url or external.address}")
+                continue
+            current = state.components.get(name)
             if current is not None and current.managed and _managed_alive(current):
-                actions.append(f"ray: already running at {current.url}")
-            else:
-                if current is not None and current.managed:
-                    actions.append("ray: recorded head is not running (crashed); starting a new one")
-                    _stop_component(current)
-                state.components[RAY] = _start_ray(settings)
-                actions.append(f"ray: started head at {state.components[RAY].url}")
+                actions.append(f"{name}: already running at {current.url or current.address}")
+                continue
+            if current is not None and current.managed:
+                actions.append(f"{name}: recorded process is not running (crashed); starting a new one")
+                _stop_component(current)
+            state.components[name] = start(settings)
             _save_state(settings, state)
-
-        if settings.kafka.external:
-            assert settings.kafka.bootstrap_servers is not None
-            state.components[KAFKA] = ComponentState(name=KAFKA, managed=False,
-                                                     address=settings.kafka.bootstrap_servers)
-            actions.append(f"kafka: using external cluster {settings.kafka.bootstrap_servers}")
-        else:
-            current = state.components.get(KAFKA)
-            if current is not None and current.managed and _managed_alive(current):
-                actions.append(f"kafka: already running at {current.address}")
-            else:
-                if current is not None and current.managed:
-                    actions.append("kafka: recorded broker is not running (crashed); starting a new one")
-                    _stop_component(current)
-                state.components[KAFKA] = _start_kafka(settings)
-                actions.append(f"kafka: started broker at {state.components[KAFKA].address}")
+            actions.append(f"{name}: started at {state.components[name].url or state.components[name].address}")
         _save_state(settings, state)
         created = ensure_topics(settings.kafka, state.components[KAFKA].address)
         if created:
