@@ -226,9 +226,10 @@ def demo(
     """Run the platform end to end on the embedded stack and print where everything runs.
 
     Steps: start the stack, generate the demo data, optimize and register the triage model (reused when
-    nothing changed), score a few tickets with the Predictor, check that the Ray node is alive and the
-    broker serves the configured topics, then print addresses, data and next commands. The stack stops at
-    the end unless --keep-running.
+    nothing changed), score a few tickets with the Predictor, apply and materialize the Feast features and
+    score tickets with online features, check that the Ray node is alive and the broker serves the
+    configured topics, then print addresses, data and next commands. The stack stops at the end unless
+    --keep-running.
     """
     from unison.ops import stack
 
@@ -252,7 +253,9 @@ def demo(
         )
         console.rule("[bold]3. model")
         _demo_model(settings)
-        console.rule("[bold]4. where everything runs")
+        console.rule("[bold]4. features")
+        _demo_features(settings)
+        console.rule("[bold]5. where everything runs")
         statuses = stack.status(settings)
         _print_status(statuses)
         if any(s.health != "running" for s in statuses):
@@ -468,6 +471,113 @@ def _demo_model(settings: Settings) -> None:
     console.print(table)
 
 
+# ---------------------------------------------------------------------------------------------- features
+
+features_app = typer.Typer(
+    help=(
+        "The Feast feature repository (`features.repo_dir`, default features/): apply the definitions, "
+        "materialize to the online store, look customers up, report freshness. Profiles: `local` (SQLite online "
+        "store, file registry) or `redis` (Redis online store, SQL registry), chosen by `features.profile`. "
+        "The Feast CLI keeps working in the repository directly (`cd features && feast apply`)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
+
+
+def _features_call(action):  # type: ignore[no-untyped-def]
+    from unison.features.store import FeatureStoreError
+
+    try:
+        return action()
+    except FeatureStoreError as exc:
+        _fail(str(exc), code=2)
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entity, feature views, push source, on-demand transform and feature service
+    (`feast apply` with the configured profile, paths and data directory)."""
+    from unison.features import store
+
+    settings = _settings()
+    _features_call(lambda: store.apply(settings))
+    console.print(f"  applied {settings.features.repo_dir} ({settings.features.profile} profile); feature service "
+                  f"{store.feature_service_name()}")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    incremental: Annotated[bool, typer.Option("--incremental", help="Only what arrived since the last run "
+                                              "(views never materialized are loaded in full).")] = False,
+) -> None:
+    """Load the newest value of every customer's features into the online store, up to now."""
+    from unison.features import store
+
+    settings = _settings()
+    views = _features_call(lambda: store.materialize(settings, incremental=incremental))
+    console.print(f"  materialized {', '.join(views)}")
+    _print_freshness(_features_call(lambda: store.Features(settings).freshness()))
+
+
+@features_app.command("freshness")
+def features_freshness() -> None:
+    """Per feature view: TTL, how far it is materialized, and the newest event time in the online store."""
+    from unison.features import store
+
+    settings = _settings()
+    _print_freshness(_features_call(lambda: store.Features(settings).freshness()))
+
+
+def _print_freshness(rows: list) -> None:  # list[ViewFreshness]
+    table = Table(title="Feature freshness", title_justify="left")
+    for column in ("feature view", "ttl", "materialized until", "newest event"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.view, str(row.ttl or "none"), str(row.materialized_until or "never"),
+                      str(row.newest_event_time or "-"))
+    console.print(table)
+
+
+@features_app.command("get")
+def features_get(
+    customer_ids: Annotated[list[int], typer.Argument(help="Customer ids to look up.")],
+) -> None:
+    """Online features of some customers (one batch lookup), as the scoring paths see them."""
+    from unison.features import store
+
+    settings = _settings()
+    frame = _features_call(lambda: store.Features(settings).online(customer_ids))
+    console.print(frame.to_string(index=False), markup=False, highlight=False)
+
+
+def _demo_features(settings: Settings) -> None:
+    import pandas as pd
+
+    from unison.features import feature_matrix, store, transform
+    from unison.model import Predictor, Registry
+
+    store.apply(settings)
+    store.materialize(settings)
+    features = store.Features(settings)
+    _print_freshness(features.freshness())
+    tickets = pd.read_parquet(settings.data.dir / "tickets.parquet").head(5)
+    online = features.online(tickets["customer_id"].tolist())
+    inputs = transform(tickets.reset_index(drop=True).join(online.drop(columns="customer_id")))
+    predictor = Predictor.from_registry(Registry(settings.model.registry_dir), f"{settings.model.name}:production",
+                                        settings.model.variant)
+    predictions = predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
+    table = Table(title=f"Online features -> transform -> Predictor ({store.feature_service_name()})",
+                  title_justify="left")
+    for column in ("ticket", "customer", "plan", "open tickets", "predicted", "priority"):
+        table.add_column(column)
+    for i, row in tickets.reset_index(drop=True).iterrows():
+        table.add_row(row["ticket_id"], str(row["customer_id"]), str(online.loc[i, "plan"]),
+                      str(online.loc[i, "open_tickets"]), predictions.categories()[i],
+                      f"{predictions.priority[i]:.2f}")
+    console.print(table)
+
+
 # ---------------------------------------------------------------------------------------------- later issues
 
 
@@ -483,7 +593,6 @@ def _not_yet(name: str, what: str) -> typer.Typer:
 
 
 for _name, _what in (
-    ("features", "The Feast feature repository: apply definitions, materialize to the online store."),
     ("batch", "Submit the batch prediction job (Ray Data) to a Ray cluster and follow it."),
     ("serve", "Start and stop the Ray Serve application (HTTP API and streaming deployments)."),
     ("stream", "Produce tickets into Kafka, tail topics, show consumer lag."),

@@ -168,6 +168,42 @@ class DataConfig(_Strict):
     seed: int = Field(default=7, ge=0, description="Random seed; the same seed gives the same data.")
 
 
+class FeaturesConfig(_Strict):
+    """The Feast feature repository and its stores."""
+
+    repo_dir: Path = Field(default=Path("features"), description="The Feast repository (definitions + YAML profiles).")
+    profile: Literal["local", "redis"] = Field(
+        default="local",
+        description="`local`: file offline store, SQLite online store, file registry (embedded default). `redis`: "
+        "Redis online store and a SQL registry (production); same definitions.",
+    )
+    state_dir: Path = Field(
+        default=Path(".unison/feast"),
+        description="Where the local profile keeps its registry and SQLite online store (and the redis profile its "
+        "SQLite-backed SQL registry when `registry_url` is empty).",
+    )
+    project: str = Field(default="unison", pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$", description="Feast project name.")
+    redis_connection: str = Field(
+        default="127.0.0.1:6379,db=0",
+        description="Feast Redis connection string for the redis profile: `host:port,db=N[,password=...][,ssl=true]`.",
+    )
+    registry_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the SQL registry for the redis profile (e.g. postgresql+psycopg://...). "
+        "Empty: a SQLite file in `state_dir`.",
+    )
+    offline_store: Literal["file", "ray"] = Field(
+        default="file",
+        description="`file`: historical retrieval in this process (pandas/dask). `ray`: Feast's Ray offline store, "
+        "so point-in-time joins over large tables run distributed on the Ray cluster instead of in one process.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray address for the `ray` offline store. Empty: the cluster this process is connected to, "
+        "else the embedded stack's.",
+    )
+
+
 class ModelConfig(_Strict):
     """The model registry and how the Predictor runs a model."""
 
@@ -220,6 +256,7 @@ class Settings(BaseSettings):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
     data: DataConfig = Field(default_factory=DataConfig, description="Demo data generation.")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="Feast repository and stores.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model registry and Predictor.")
 
     @field_validator("state_dir")

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "unison"
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "data": set(),
-    "features": {"data"},
+    "features": {"data", "config", "ops"},
     "model": {"data", "features"},
     "ops": {"config"},
     "cli": {"*"},

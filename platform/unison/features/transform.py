@@ -40,17 +40,17 @@ DEFAULTS: Mapping[str, Any] = {
     "days_since_last_login": 30,
 }
 
-# The numeric model input, in this order.
+# The numeric model input, in this order. Names differ from the raw features' so Feast can serve both.
 NUMERIC_FEATURES: tuple[str, ...] = (
     *(f"plan_{p}" for p in PLANS),
     *(f"channel_{c}" for c in CHANNELS),
     "tenure_years",
     "log_lifetime_value",
-    "open_tickets",
-    "tickets_last_90d",
+    "open_tickets_scaled",
+    "tickets_last_90d_scaled",
     "csat",
     "csat_missing",
-    "days_since_last_login",
+    "login_recency_scaled",
     "features_missing",
 )
 
@@ -95,12 +95,12 @@ def transform(rows: pd.DataFrame) -> pd.DataFrame:
 
     out["tenure_years"] = (numeric("tenure_days").clip(0, 36_500) / 365.0).astype("float32")
     out["log_lifetime_value"] = (np.log1p(numeric("lifetime_value").clip(lower=0)) / 10.0).astype("float32")
-    out["open_tickets"] = (numeric("open_tickets").clip(0, 20) / 10.0).astype("float32")
-    out["tickets_last_90d"] = (numeric("tickets_last_90d").clip(0, 50) / 10.0).astype("float32")
+    out["open_tickets_scaled"] = (numeric("open_tickets").clip(0, 20) / 10.0).astype("float32")
+    out["tickets_last_90d_scaled"] = (numeric("tickets_last_90d").clip(0, 50) / 10.0).astype("float32")
     csat = pd.to_numeric(column("last_csat"), errors="coerce")
     out["csat"] = ((csat.clip(1, 5) - 3.0) / 2.0).fillna(0.0).astype("float32")
     out["csat_missing"] = csat.isna().astype("float32")
-    out["days_since_last_login"] = (numeric("days_since_last_login").clip(0, 365) / 90.0).astype("float32")
+    out["login_recency_scaled"] = (numeric("days_since_last_login").clip(0, 365) / 90.0).astype("float32")
     return out[["text", *NUMERIC_FEATURES]]
 
 

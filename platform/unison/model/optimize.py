@@ -150,7 +150,8 @@ def fingerprint(model: SourceModel, kind: ModelKind, options: OptimizeOptions) -
 
     inputs: dict[str, Any] = {
         "pipeline": PIPELINE_VERSION, "weights": model.weights_sha256, "kind": kind,
-        "transform": TRANSFORM_VERSION, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+        "transform": TRANSFORM_VERSION, "numeric_features": list(NUMERIC_FEATURES),
+        "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
         "torch": torch.__version__,
         "options": options.model_dump(mode="json", exclude={"force", "bench_rounds", "skip_benchmark", "threads"}),
     }

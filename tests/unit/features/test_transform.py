@@ -21,7 +21,8 @@ def test_known_customer() -> None:
     assert (row["plan_pro"], row["plan_free"], row["channel_email"]) == (1.0, 0.0, 1.0)
     assert row["tenure_years"] == pytest.approx(2.0)
     assert row["log_lifetime_value"] == pytest.approx(np.log1p(1200) / 10, rel=1e-6)
-    assert (row["open_tickets"], row["csat"], row["csat_missing"], row["features_missing"]) == (0.3, 0.5, 0.0, 0.0)
+    assert (row["open_tickets_scaled"], row["csat"], row["csat_missing"], row["features_missing"]) == (
+        pytest.approx(0.3), 0.5, 0.0, 0.0)
     assert list(out.columns) == ["text", *NUMERIC_FEATURES]
 
 
@@ -29,7 +30,7 @@ def test_unknown_customer_gets_defaults_and_a_flag() -> None:
     out = transform_records([{"subject": "s", "body": "b", "channel": "chat"}])
     row = out.iloc[0]
     assert row["features_missing"] == 1.0 and row["plan_free"] == 1.0 and row["csat_missing"] == 1.0
-    assert row["days_since_last_login"] == pytest.approx(30 / 90)
+    assert row["login_recency_scaled"] == pytest.approx(30 / 90)
 
 
 def test_missing_survey_is_not_missing_features() -> None:
@@ -40,7 +41,7 @@ def test_missing_survey_is_not_missing_features() -> None:
 def test_outliers_are_clipped_and_types_are_float32() -> None:
     out = transform_records([{"subject": "s", "body": "b", **{**CUSTOMER, "open_tickets": 10_000,
                                                               "lifetime_value": -5}}])
-    assert out.iloc[0]["open_tickets"] == 2.0 and out.iloc[0]["log_lifetime_value"] == 0.0
+    assert out.iloc[0]["open_tickets_scaled"] == 2.0 and out.iloc[0]["log_lifetime_value"] == 0.0
     matrix = feature_matrix(out)
     assert matrix.dtype == np.float32 and matrix.shape == (1, len(NUMERIC_FEATURES)) and matrix.flags.c_contiguous
 

@@ -1,0 +1,55 @@
+"""Feature-store plumbing without servers: profile configuration and push validation."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from unison.config import load_settings
+from unison.features.store import PushSchemaError, feature_service_name, repo_config, validate_push
+from unison.features.transform import TRANSFORM_VERSION
+
+REPO = Path(__file__).resolve().parents[3] / "features"
+
+
+def test_profiles_share_definitions_and_differ_in_stores(tmp_path: Path) -> None:
+    local = repo_config(load_settings(features={"repo_dir": REPO, "state_dir": tmp_path / "feast"}))
+    assert local.online_store.type == "sqlite"
+    assert Path(local.online_store.path) == tmp_path / "feast" / "online_store.db"
+    redis = repo_config(load_settings(features={"repo_dir": REPO, "state_dir": tmp_path / "feast", "profile": "redis",
+                                                "redis_connection": "10.0.0.9:6380,db=3", "project": "other"}))
+    assert redis.online_store.type == "redis" and redis.online_store.connection_string == "10.0.0.9:6380,db=3"
+    assert redis.registry.registry_type == "sql" and redis.registry.path.startswith("sqlite:///")
+    assert redis.project == "other" and local.project == "unison"
+
+
+def test_feature_service_is_versioned_with_the_transform() -> None:
+    assert feature_service_name() == f"triage_v{TRANSFORM_VERSION}"
+
+
+def _good() -> pd.DataFrame:
+    return pd.DataFrame({"customer_id": [1, 2], "open_tickets": [0, 3], "tickets_last_90d": [1, 2],
+                         "last_csat": [4.5, None], "days_since_last_login": [3, 0],
+                         "event_timestamp": [datetime(2026, 5, 1, tzinfo=UTC)] * 2})
+
+
+def test_valid_push_is_typed() -> None:
+    out = validate_push(_good())
+    assert str(out["open_tickets"].dtype) == "int32" and str(out["customer_id"].dtype) == "int64"
+    assert out["event_timestamp"].dt.tz is not None and "created_timestamp" in out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda f: f.drop(columns="open_tickets"), r"lack column\(s\) \['open_tickets'\]"),
+    (lambda f: f.assign(color=["red", "blue"]), r"unknown column\(s\) \['color'\]"),
+    (lambda f: f.assign(open_tickets=["many", 1]), "column 'open_tickets' must be int"),
+    (lambda f: f.assign(open_tickets=[1.5, 1]), "column 'open_tickets' must be int"),
+    (lambda f: f.assign(customer_id=[None, 2]), "column 'customer_id' has missing values"),
+    (lambda f: f.assign(event_timestamp=["yesterday", "x"]), "column 'event_timestamp' must be time"),
+    (lambda f: f.assign(days_since_last_login=[-1, 0]), "must be >= 0"),
+    (lambda f: f.assign(last_csat=[9.0, None]), "between 1 and 5"),
+])
+def test_bad_push_names_the_field(change, message) -> None:
+    with pytest.raises(PushSchemaError, match=message):
+        validate_push(change(_good()))
