@@ -60,6 +60,12 @@ class RayConfig(_Strict):
     start_timeout_s: float = Field(
         default=120.0, gt=0, description="How long `stack up` waits for the embedded head's job server to answer."
     )
+    auth_mode: Literal["disabled", "token"] = Field(
+        default="disabled",
+        description="Ray token authentication of the embedded head (RAY_AUTH_MODE). `disabled` suits a local "
+        "development stack (dashboard on loopback); use `token` on shared networks, with the token in "
+        "~/.ray/auth_token or RAY_AUTH_TOKEN for every client.",
+    )
 
     @model_validator(mode="after")
     def _external_needs_both(self) -> RayConfig:

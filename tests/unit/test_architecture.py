@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "features": {"data", "config", "ops"},
     "model": {"data", "features"},
     "ops": {"config"},
+    "batch": {"config", "features", "model"},
     "cli": {"*"},
 }
 

@@ -225,18 +225,30 @@ class Features:
         return pd.DataFrame(frame)
 
     def historical(self, entities: pd.DataFrame, timestamp_column: str = "event_timestamp") -> pd.DataFrame:
-        """Point-in-time join: each row gets the values valid at its timestamp (never later ones), within TTL."""
+        """Point-in-time join: each row gets the values valid at its timestamp (never later ones), within TTL.
+
+        Every input row comes back, in input order, with its own columns kept. Only the distinct
+        (customer_id, timestamp) pairs go to Feast: its join collapses rows that share both, which would
+        silently drop two tickets filed by one customer in the same instant.
+        """
         missing = {"customer_id", timestamp_column} - set(entities.columns)
         if missing:
             raise ValueError(f"entity rows need column(s) {sorted(missing)}")
-        entity_df = entities.rename(columns={timestamp_column: "event_timestamp"}) if timestamp_column != \
-            "event_timestamp" else entities
+        # Arrow-backed batches (Ray Data) arrive as Python datetimes; Feast needs a datetime64 column.
+        when = pd.to_datetime(entities[timestamp_column], utc=True)
+        keys = pd.DataFrame({"customer_id": entities["customer_id"].astype("int64").to_numpy(),
+                             "event_timestamp": when.to_numpy()}).drop_duplicates(ignore_index=True)
         with _definitions_environment(self.settings):
-            job = self.store.get_historical_features(entity_df=entity_df, features=self._refs)
-            result = job.to_df()
-        if timestamp_column != "event_timestamp":
-            result = result.rename(columns={"event_timestamp": timestamp_column})
-        return result
+            job = self.store.get_historical_features(entity_df=keys, features=self._refs)
+            values = job.to_df()
+        values["event_timestamp"] = pd.to_datetime(values["event_timestamp"], utc=True)
+        rows = entities.drop(columns=[c for c in CUSTOMER_FEATURES if c in entities.columns]).assign(
+            _customer=entities["customer_id"].astype("int64").to_numpy(), _when=when.to_numpy())
+        joined = rows.merge(values.rename(columns={"customer_id": "_customer", "event_timestamp": "_when"}),
+                            on=["_customer", "_when"], how="left", validate="many_to_one")
+        if len(joined) != len(entities):
+            raise FeatureStoreError(f"point-in-time join returned {len(joined)} rows for {len(entities)} inputs")
+        return joined.drop(columns=["_customer", "_when"]).set_index(entities.index)
 
     def push(self, rows: pd.DataFrame) -> int:
         """Validate activity updates and push them to the online and offline stores; return the row count."""

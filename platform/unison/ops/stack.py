@@ -210,7 +210,10 @@ def _start_ray(settings: Settings) -> ComponentState:
     # Job entrypoints (`ray job submit -- python ...`) inherit the head's PATH: put this environment's
     # interpreter first so `python` there is the one that has Unison installed.
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           # Explicit, so a token left in ~/.ray/auth_token by some other Ray session does not silently switch
+           # this head to token auth (and lock out every client that has no token).
+           "RAY_AUTH_MODE": settings.ray.auth_mode}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
@@ -232,10 +235,19 @@ def _start_ray(settings: Settings) -> ComponentState:
     raise StackError(f"ray head did not answer on {url} within {settings.ray.start_timeout_s:.0f}s; see {log_path}")
 
 
+def ray_auth_headers() -> dict[str, str]:
+    """The bearer token Ray's own clients would send (RAY_AUTH_TOKEN, else ~/.ray/auth_token), if any."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 def _ray_job_server_ready(url: str) -> bool:
     try:
-        version = requests.get(f"{url}/api/version", timeout=2)
-        jobs = requests.get(f"{url}/api/jobs/", timeout=2)
+        version = requests.get(f"{url}/api/version", timeout=2, headers=ray_auth_headers())
+        jobs = requests.get(f"{url}/api/jobs/", timeout=2, headers=ray_auth_headers())
         return version.ok and jobs.ok
     except requests.RequestException:
         return False
@@ -243,7 +255,7 @@ def _ray_job_server_ready(url: str) -> bool:
 
 def _ray_health(url: str) -> tuple[bool, str]:
     try:
-        response = requests.get(f"{url}/api/v0/nodes", timeout=3)
+        response = requests.get(f"{url}/api/v0/nodes", timeout=3, headers=ray_auth_headers())
         response.raise_for_status()
         nodes = response.json()["data"]["result"]["result"]
         alive = [n for n in nodes if n.get("state") == "ALIVE"]

@@ -62,6 +62,14 @@ def test_point_in_time_join_returns_the_value_valid_at_ticket_time(applied: Sett
     assert joined["days_since_last_login"].tolist() == [first.days_since_last_login, second.days_since_last_login]
 
 
+def test_rows_sharing_customer_and_time_all_come_back(applied: Settings) -> None:
+    when = datetime(2026, 2, 1, tzinfo=UTC)
+    entities = pd.DataFrame({"ticket_id": ["a", "b", "c"], "customer_id": [5, 5, 6], "created_at": [when] * 3})
+    joined = store.Features(applied).historical(entities, timestamp_column="created_at")
+    assert joined["ticket_id"].tolist() == ["a", "b", "c"]
+    assert joined["open_tickets"].iloc[0] == joined["open_tickets"].iloc[1]
+
+
 def test_feast_join_equals_the_training_join(applied: Settings) -> None:
     """The model head is trained on the pandas as-of join; Feast's point-in-time join must give the same rows."""
     tickets = pd.read_parquet(applied.data.dir / "train.parquet")[["ticket_id", "customer_id", "created_at"]]

@@ -1,0 +1,313 @@
+"""The batch prediction job: Parquet tickets -> point-in-time features (Feast) -> the one transform -> Predictor
+in an actor pool -> partitioned Parquet, published atomically with a `_SUCCESS` manifest.
+
+Runs on any Ray cluster (it is what `pipelines/batch_predict.py` calls). Execution streams: blocks flow from the
+reader through the join and the scorers to the writer with bounded memory; nothing is materialized whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, Field
+
+from unison.config import Settings
+
+log = logging.getLogger("unison.batch")
+
+REQUIRED_COLUMNS: dict[str, Callable[[pa.DataType], bool]] = {
+    "ticket_id": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "customer_id": pa.types.is_integer,
+    "subject": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "body": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "created_at": pa.types.is_timestamp,
+}
+OPTIONAL_COLUMNS = ("channel",)
+ERROR_FIELD = "_error"
+SUCCESS_FILE = "_SUCCESS"
+
+
+class BatchSchemaError(ValueError):
+    """The input table lacks a column or has it with the wrong type; the message names it."""
+
+
+class BatchJobConfig(BaseModel):
+    """One batch run. Every field is a flag of pipelines/batch_predict.py and `unison batch submit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tickets: str = Field(description="Input Parquet: a file or directory, local path or pyarrow filesystem URI "
+                                     "(s3://, gs://, hdfs://, file://).")
+    output: str = Field(description="Output directory URI. Replaced atomically on a local filesystem.")
+    model: str = Field(default="triage:production", description="Registry reference: name, name:alias or name:version.")
+    variant: Literal["fp32", "int8", "fp16"] = Field(default="int8", description="Artifact variant to score with.")
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="cuda: CUDA provider (falls back to CPU).")
+    batch_size: int = Field(default=1024, ge=1, le=65536, description="Rows per scoring call of an actor.")
+    join_batch_size: int = Field(default=20_000, ge=1, description="Rows per point-in-time join task.")
+    actors: int | None = Field(default=None, ge=1, description="Scoring actors. Empty: sized from the cluster.")
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each scoring actor.")
+    gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per scoring actor (fractions share a GPU).")
+    parallel_rows: int | None = Field(default=None, ge=1,
+                                      description="Concurrent rows inside an actor. Empty: the CPUs it may use.")
+    object_store_memory_bytes: int | None = Field(default=None, ge=1 << 26,
+                                                  description="Cap on Ray Data's object store use for this job.")
+    partition_by_date: bool = Field(default=True, description="Partition output by the ticket's creation date.")
+    run_id: str | None = Field(default=None, description="Run identifier. Empty: a timestamp plus random suffix.")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def check_schema(schema: pa.Schema) -> None:
+    """Fail fast, before any work, naming the first missing or mistyped column."""
+    names = set(schema.names)
+    for column, accepts in REQUIRED_COLUMNS.items():
+        if column not in names:
+            raise BatchSchemaError(f"input is missing required column {column!r} (has: {', '.join(schema.names)})")
+        kind = schema.field(column).type
+        if not accepts(kind):
+            raise BatchSchemaError(f"input column {column!r} has type {kind}, which is not accepted")
+
+
+def validate_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    """Add ERROR_FIELD: empty when the row can be scored, else the reason (missing ids, empty text, ...)."""
+    reasons = pd.Series("", index=batch.index, dtype="object")
+
+    def flag(mask: pd.Series, reason: str) -> None:
+        reasons.loc[mask & (reasons == "")] = reason
+
+    ticket_id = batch["ticket_id"]
+    flag(ticket_id.isna() | (ticket_id.astype(str).str.strip() == ""), "missing ticket_id")
+    flag(batch["customer_id"].isna(), "missing customer_id")
+    flag(batch["created_at"].isna(), "missing created_at")
+    text = batch["subject"].fillna("").astype(str).str.strip() + batch["body"].fillna("").astype(str).str.strip()
+    flag(text == "", "empty text (subject and body)")
+    flag(text.str.len() > 20_000, "text longer than 20000 characters")
+    return batch.assign(**{ERROR_FIELD: reasons})
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+_FEATURES_CACHE: dict[str, Any] = {}
+
+
+def join_features(batch: pd.DataFrame, settings_json: str) -> pd.DataFrame:
+    """Point-in-time join of a block through Feast (one FeatureStore per worker process, reused)."""
+    from unison.features.store import Features
+
+    features = _FEATURES_CACHE.get(settings_json)
+    if features is None:
+        features = _FEATURES_CACHE[settings_json] = Features(Settings.model_validate_json(settings_json))
+    joined = features.historical(batch.drop(columns=[ERROR_FIELD]), timestamp_column="created_at")
+    return joined
+
+
+class Scorer:
+    """A scoring actor: one verified artifact and Predictor for its lifetime; transform + predict per block."""
+
+    def __init__(self, settings_json: str, config_json: str, context: dict[str, Any]) -> None:
+        from unison.model import Predictor, Registry
+
+        # Actor processes log at WARNING by default; the rows/s line is part of the job's visible progress.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings = Settings.model_validate_json(settings_json)
+        config = BatchJobConfig.model_validate_json(config_json)
+        registry = Registry(settings.model.registry_dir)
+        self.predictor = Predictor(
+            registry.load(config.model, [config.variant]), config.variant, device=config.device,
+            parallel_rows=config.parallel_rows or max(1, math.ceil(config.cpus_per_actor)),
+            max_batch_size=max(config.batch_size, 1),
+        )
+        self.context = context
+        self.rows = 0
+        self.started = time.perf_counter()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from unison.features import feature_matrix, transform
+
+        inputs = transform(batch)
+        predictions = self.predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
+        labels = predictions.labels
+        probabilities = predictions.probabilities
+        assert probabilities is not None and predictions.priority is not None
+        created = pd.to_datetime(batch["created_at"], utc=True)
+        out = pd.DataFrame({
+            "ticket_id": batch["ticket_id"].astype(str).to_numpy(),
+            "customer_id": batch["customer_id"].astype("int64").to_numpy(),
+            "created_at": created.to_numpy(),
+            "category": [labels[i] for i in probabilities.argmax(axis=1)],
+            "priority": predictions.priority.astype(np.float32),
+            "features_missing": inputs["features_missing"].to_numpy() > 0,
+            "truncated": predictions.truncated,
+            "model_name": self.predictor.name,
+            "model_version": self.predictor.version,
+            "variant": self.predictor.variant,
+            "feature_service": self.context["feature_service"],
+            "features_as_of": pd.Timestamp(self.context["features_as_of"]) if self.context["features_as_of"]
+            else pd.NaT,
+            "run_id": self.context["run_id"],
+            "created_date": created.dt.strftime("%Y-%m-%d").to_numpy(),
+        })
+        for i, label in enumerate(labels):
+            out[f"p_{label}"] = probabilities[:, i]
+        self.rows += len(out)
+        elapsed = time.perf_counter() - self.started
+        if self.rows // 10_000 != (self.rows - len(out)) // 10_000 or self.rows <= len(out):
+            log.info("scored %d rows (%.0f rows/s in this actor)", self.rows, self.rows / max(elapsed, 1e-9))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def plan_resources(config: BatchJobConfig, cluster: dict[str, float]) -> tuple[int, int]:
+    """(actors, parallel rows per actor). Laptop (<= 4 CPUs): one actor using every core for inference, the
+    reserved CPU count kept at `cpus_per_actor` so read/join/write tasks still get scheduled. Cluster: as many
+    actors as fit after keeping one CPU for the other stages, or one per GPU share when GPUs are asked for."""
+    cpus = float(cluster.get("CPU", 1))
+    if config.actors is not None:
+        actors = config.actors
+    elif config.gpus_per_actor > 0:
+        actors = max(1, int(cluster.get("GPU", 0) // config.gpus_per_actor))
+    else:
+        actors = max(1, int((cpus - 1) // config.cpus_per_actor))
+    if config.parallel_rows is not None:
+        return actors, config.parallel_rows
+    if cpus <= 4 and actors == 1:
+        return actors, max(1, int(cpus))
+    return actors, max(1, math.ceil(config.cpus_per_actor))
+
+
+def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
+    """Run the job on the connected Ray cluster; return the manifest also written as `_SUCCESS`."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
+
+    from unison.features.store import Features, feature_service_name
+    from unison.model import Registry
+
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    run_id = config.run_id or f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+    # Everything that can be wrong is checked before the first block moves.
+    artifact = Registry(settings.model.registry_dir).load(config.model, [config.variant])
+    features = Features(settings)
+    activity = next((f for f in features.freshness() if f.view == "customer_activity"), None)
+    context = {"run_id": run_id, "feature_service": feature_service_name(),
+               "features_as_of": activity.newest_event_time.isoformat() if activity and activity.newest_event_time
+               else None}
+    in_fs, in_path = _filesystem(config.tickets)
+    dataset = ray.data.read_parquet(in_path, filesystem=in_fs)
+    check_schema(dataset.schema().base_schema)
+    columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in dataset.schema().names)]
+    rows_in = dataset.count()
+
+    data_context = DataContext.get_current()
+    if config.object_store_memory_bytes:
+        data_context.execution_options.resource_limits = ExecutionResources(
+            object_store_memory=config.object_store_memory_bytes)
+    actors, parallel_rows = plan_resources(config, ray.cluster_resources())
+    config = config.model_copy(update={"parallel_rows": parallel_rows, "run_id": run_id})
+    log.info("run %s: %d rows from %s; model %s (%s); %d scoring actor(s) x %d parallel rows", run_id, rows_in,
+             config.tickets, artifact.ref, config.variant, actors, parallel_rows)
+
+    out_fs, out_path = _filesystem(config.output)
+    local = isinstance(out_fs, pafs.LocalFileSystem)
+    staging = f"{out_path}.staging-{run_id}" if local else f"{out_path}/{run_id}"
+    out_fs.create_dir(staging, recursive=True)
+    settings_json = settings.model_dump_json()
+
+    validated = dataset.select_columns(columns).map_batches(validate_rows, batch_format="pandas",
+                                                            batch_size=config.join_batch_size)
+    scored = (
+        validated.filter(expr=f"{ERROR_FIELD} == ''")
+        # Its own tasks (a CPU share unlike the scorers', so Ray does not fuse it into the scoring actors): the
+        # join of the next blocks then overlaps inference instead of pausing it.
+        .map_batches(join_features, batch_format="pandas", batch_size=config.join_batch_size,
+                     fn_kwargs={"settings_json": settings_json}, num_cpus=0.5)
+        .map_batches(Scorer, batch_format="pandas", batch_size=config.batch_size,
+                     compute=ActorPoolStrategy(size=actors),
+                     fn_constructor_kwargs={"settings_json": settings_json,
+                                            "config_json": config.model_dump_json(), "context": context},
+                     num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None)
+    )
+    scored.write_parquet(f"{staging}/predictions", filesystem=out_fs,
+                         partition_cols=["created_date"] if config.partition_by_date else None)
+    errors = validated.filter(expr=f"{ERROR_FIELD} != ''").select_columns(["ticket_id", "customer_id", ERROR_FIELD])
+    errors.write_parquet(f"{staging}/errors", filesystem=out_fs)
+
+    rows_out = _count_rows(out_fs, f"{staging}/predictions")
+    error_rows = _count_rows(out_fs, f"{staging}/errors")
+    error_reasons = _error_reasons(out_fs, f"{staging}/errors")
+    seconds = time.perf_counter() - clock
+    manifest = {
+        "run_id": run_id, "status": "succeeded", "input": config.tickets, "output": config.output,
+        "model": artifact.ref, "variant": config.variant, "feature_service": context["feature_service"],
+        "features_as_of": context["features_as_of"], "rows_in": rows_in, "rows_out": rows_out,
+        "rows_error": error_rows, "error_reasons": error_reasons, "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(), "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_in / seconds, 1) if seconds else None,
+        "actors": actors, "parallel_rows": parallel_rows, "cpus_per_actor": config.cpus_per_actor,
+        "gpus_per_actor": config.gpus_per_actor, "batch_size": config.batch_size,
+        "partitioned_by": ["created_date"] if config.partition_by_date else [],
+    }
+    if rows_out + error_rows != rows_in:
+        raise RuntimeError(f"row count mismatch: {rows_in} in, {rows_out} scored + {error_rows} errors; "
+                           f"staging left at {staging} for inspection, output untouched")
+    with out_fs.open_output_stream(f"{staging}/{SUCCESS_FILE}") as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+    if local:
+        _publish_local(staging, out_path, run_id)
+    log.info("run %s: %d rows scored, %d errors, %.1fs (%.0f rows/s) -> %s", run_id, rows_out, error_rows, seconds,
+             rows_in / seconds if seconds else 0, config.output)
+    return manifest
+
+
+def _count_rows(fs: pafs.FileSystem, path: str) -> int:
+    import pyarrow.dataset as ds
+
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return 0
+    return int(ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").count_rows())
+
+
+def _error_reasons(fs: pafs.FileSystem, path: str) -> dict[str, int]:
+    import pyarrow.dataset as ds
+
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    table = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=[ERROR_FIELD])
+    return {str(k): int(v) for k, v in table.column(0).to_pandas().value_counts().items()}
+
+
+def _publish_local(staging: str, target: str, run_id: str) -> None:
+    """Swap the finished staging directory in with renames: readers see the old result or the new, whole."""
+    old = f"{target}.replaced-{run_id}"
+    if os.path.exists(target):
+        os.rename(target, old)
+    os.rename(staging, target)
+    if os.path.exists(old):
+        import shutil
+
+        shutil.rmtree(old)

@@ -1,0 +1,91 @@
+"""Submit the batch job to a Ray cluster through Ray's job SDK, exactly as `ray job submit` would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from unison.batch.job import BatchJobConfig
+from unison.config import Settings
+
+ENTRYPOINT = "pipelines/batch_predict.py"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    job_id: str
+    command: str
+    dashboard_url: str
+    status: str
+
+
+def job_environment(settings: Settings) -> dict[str, str]:
+    """UNISON_* variables that point the job at this configuration's registry, data and feature store.
+
+    Paths are made absolute: the job runs in an uploaded copy of the working directory, not here.
+    """
+    env = {
+        "UNISON_MODEL__REGISTRY_DIR": str(settings.model.registry_dir.resolve()),
+        "UNISON_DATA__DIR": str(settings.data.dir.resolve()),
+        "UNISON_FEATURES__STATE_DIR": str(settings.features.state_dir.resolve()),
+        "UNISON_FEATURES__PROFILE": settings.features.profile,
+        "UNISON_FEATURES__PROJECT": settings.features.project,
+        "UNISON_FEATURES__OFFLINE_STORE": settings.features.offline_store,
+    }
+    if settings.features.profile == "redis":
+        env["UNISON_FEATURES__REDIS_CONNECTION"] = settings.features.redis_connection
+        if settings.features.registry_url:
+            env["UNISON_FEATURES__REGISTRY_URL"] = settings.features.registry_url
+    return env
+
+
+def entrypoint(config: BatchJobConfig) -> str:
+    """`python pipelines/batch_predict.py ...` with the flags that differ from the defaults."""
+    parts = ["python", ENTRYPOINT]
+    for name, value in config.model_dump(exclude_defaults=True).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _mask(text: str) -> str:
+    return re.sub(r"(password=)[^,\"' ]+", r"\1***", text)
+
+
+def equivalent_command(dashboard_url: str, working_dir: Path, env: dict[str, str], config: BatchJobConfig) -> str:
+    runtime_env = json.dumps({"env_vars": env}, sort_keys=True)
+    return _mask(f"ray job submit --address {dashboard_url} --working-dir {shlex.quote(str(working_dir))} "
+                 f"--runtime-env-json {shlex.quote(runtime_env)} -- {entrypoint(config)}")
+
+
+def submit(settings: Settings, config: BatchJobConfig, dashboard_url: str, working_dir: Path,
+           follow: bool = True, on_log: Callable[[str], None] = print) -> SubmittedJob:
+    """Submit; with `follow`, stream the job's logs until it ends and return its final status."""
+    from ray.job_submission import JobSubmissionClient
+
+    env = job_environment(settings)
+    client = JobSubmissionClient(dashboard_url)
+    job_id = client.submit_job(entrypoint=entrypoint(config),
+                               runtime_env={"working_dir": str(working_dir), "env_vars": env})
+    command = equivalent_command(dashboard_url, working_dir, env, config)
+    status = str(client.get_job_status(job_id).value)
+    if follow:
+        async def tail() -> None:
+            async for lines in client.tail_job_logs(job_id):
+                on_log(lines.rstrip("\n"))
+
+        asyncio.run(tail())
+        deadline = time.monotonic() + 30
+        while (status := str(client.get_job_status(job_id).value)) not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return SubmittedJob(job_id=job_id, command=command, dashboard_url=dashboard_url, status=status)

@@ -1,0 +1,116 @@
+"""The batch job on the real embedded Ray cluster, submitted with the real `ray job submit` CLI and with
+`unison batch submit`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from unison.batch.job import BatchJobConfig
+from unison.batch.submit import entrypoint, job_environment
+from unison.config import Settings
+from unison.features import feature_matrix, transform
+from unison.features.store import Features
+from unison.model import Predictor, Registry
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+N_TICKETS = 600
+
+
+@pytest.fixture(scope="module")
+def tickets(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """Generated tickets plus rows that must land in errors/ (empty text, missing customer)."""
+    frame = pd.read_parquet(platform_settings.data.dir / "tickets.parquet").head(N_TICKETS)
+    bad = frame.head(3).copy()
+    bad["ticket_id"] = ["BAD-1", "BAD-2", "BAD-3"]
+    bad.loc[bad.index[0], ["subject", "body"]] = ["", "  "]
+    bad["customer_id"] = bad["customer_id"].astype("Int64")
+    bad.loc[bad.index[1], "customer_id"] = pd.NA
+    frame = pd.concat([frame.astype({"customer_id": "Int64"}), bad], ignore_index=True)
+    path = tmp_path_factory.mktemp("batch-input") / "tickets.parquet"
+    frame.to_parquet(path)
+    return path, 2
+
+
+def _read(output: Path) -> tuple[pd.DataFrame, dict]:
+    predictions = ds.dataset(output / "predictions", format="parquet", partitioning="hive").to_table().to_pandas()
+    return predictions, json.loads((output / "_SUCCESS").read_text())
+
+
+def test_ray_job_submit_cli_runs_the_job(platform_settings: Settings, endpoints, tickets, tmp_path: Path) -> None:
+    path, expected_errors = tickets
+    output = tmp_path / "out"
+    config = BatchJobConfig(tickets=str(path), output=str(output), batch_size=128)
+    env = job_environment(platform_settings)
+    command = [str(BIN / "ray"), "job", "submit", "--address", endpoints.ray_dashboard_url, "--working-dir",
+               str(ROOT), "--runtime-env-json", json.dumps({"env_vars": env}), "--", *entrypoint(config).split()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "rows/s" in result.stdout  # progress is visible in the job's log
+
+    predictions, manifest = _read(output)
+    rows_in = N_TICKETS + 3
+    assert manifest["rows_in"] == rows_in and manifest["rows_error"] == expected_errors
+    assert manifest["rows_out"] == rows_in - expected_errors == len(predictions)
+    assert manifest["error_reasons"] == {"empty text (subject and body)": 1, "missing customer_id": 1}
+    errors = ds.dataset(output / "errors", format="parquet").to_table().to_pandas()
+    assert sorted(errors["ticket_id"]) == ["BAD-1", "BAD-2"]
+    assert predictions["ticket_id"].is_unique and "BAD-3" in set(predictions["ticket_id"])
+    assert set(predictions["model_version"]) == {"1"} and set(predictions["feature_service"]) == {"triage_v1"}
+    assert len({p.name for p in (output / "predictions").iterdir()}) > 1  # partitioned by created_date
+    assert not list(tmp_path.glob("out.staging-*"))
+
+    # The same rows scored directly (Feast point-in-time join + transform + Predictor) give the same answers.
+    sample = pd.read_parquet(path).head(N_TICKETS).sample(40, random_state=1)
+    joined = Features(platform_settings).historical(sample, timestamp_column="created_at")
+    inputs = transform(joined)
+    predictor = Predictor.from_registry(Registry(platform_settings.model.registry_dir), "triage:production", "int8")
+    direct = predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
+    by_id = predictions.set_index("ticket_id").loc[joined["ticket_id"]]
+    labels = direct.labels
+    np.testing.assert_array_equal(by_id[[f"p_{label}" for label in labels]].to_numpy(np.float32), direct.probabilities)
+    np.testing.assert_array_equal(by_id["priority"].to_numpy(np.float32), direct.priority)
+    assert by_id["category"].tolist() == direct.categories()
+
+
+def test_unison_batch_submit_and_atomic_rerun(platform_settings: Settings, tickets, tmp_path: Path) -> None:
+    path, _ = tickets
+    output = tmp_path / "out"
+    env = {**os.environ, **{f"UNISON_{k}": v for k, v in {
+        "STATE_DIR": str(platform_settings.state_dir), "MODEL__REGISTRY_DIR": str(platform_settings.model.registry_dir),
+        "DATA__DIR": str(platform_settings.data.dir), "FEATURES__STATE_DIR": str(platform_settings.features.state_dir),
+    }.items()}}
+    runs = []
+    for run_id in ("first", "second"):
+        result = subprocess.run(
+            [str(BIN / "unison"), "batch", "submit", "--tickets", str(path), "--output", str(output), "--run-id",
+             run_id, "--working-dir", str(ROOT), "--batch-size", "256"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert "job id: " in result.stdout and "equivalent: ray job submit --address" in result.stdout
+        predictions, manifest = _read(output)
+        runs.append((set(predictions["run_id"]), manifest["run_id"]))
+    assert runs == [({"first"}, "first"), ({"second"}, "second")]  # replaced whole, never mixed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_wrong_schema_fails_fast_naming_the_column(platform_settings: Settings, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.parquet"
+    pd.read_parquet(platform_settings.data.dir / "tickets.parquet").head(10).drop(columns="body").to_parquet(broken)
+    env = {**os.environ, "UNISON_STATE_DIR": str(platform_settings.state_dir),
+           "UNISON_MODEL__REGISTRY_DIR": str(platform_settings.model.registry_dir),
+           "UNISON_DATA__DIR": str(platform_settings.data.dir),
+           "UNISON_FEATURES__STATE_DIR": str(platform_settings.features.state_dir)}
+    result = subprocess.run([str(BIN / "unison"), "batch", "submit", "--tickets", str(broken), "--output",
+                             str(tmp_path / "out"), "--working-dir", str(ROOT)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "missing required column 'body'" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,73 @@
+"""Batch job logic without a cluster: schema checks, row validation, resource planning, the entrypoint."""
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from unison.batch.job import ERROR_FIELD, BatchJobConfig, BatchSchemaError, check_schema, plan_resources, validate_rows
+from unison.batch.submit import entrypoint, equivalent_command, job_environment
+from unison.config import load_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "pipelines"))
+import batch_predict
+
+GOOD = pa.schema([("ticket_id", pa.string()), ("customer_id", pa.int64()), ("channel", pa.string()),
+                  ("subject", pa.string()), ("body", pa.string()), ("created_at", pa.timestamp("us", tz="UTC"))])
+
+
+def test_schema_accepts_the_generated_tickets() -> None:
+    check_schema(GOOD)
+
+
+@pytest.mark.parametrize(("schema", "message"), [
+    (GOOD.remove(GOOD.get_field_index("body")), "missing required column 'body'"),
+    (GOOD.set(GOOD.get_field_index("customer_id"), pa.field("customer_id", pa.string())),
+     "column 'customer_id' has type string"),
+    (GOOD.set(GOOD.get_field_index("created_at"), pa.field("created_at", pa.string())), "'created_at'"),
+])
+def test_wrong_schema_names_the_column(schema: pa.Schema, message: str) -> None:
+    with pytest.raises(BatchSchemaError, match=message):
+        check_schema(schema)
+
+
+def test_rows_that_cannot_be_scored_get_a_reason() -> None:
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    batch = pd.DataFrame({
+        "ticket_id": ["a", None, "c", "d", "e"], "customer_id": [1, 2, None, 4, 5],
+        "subject": ["s", "s", "s", " ", "s"], "body": ["b", "b", "b", "", "b"],
+        "created_at": [now, now, now, now, None]})
+    reasons = validate_rows(batch)[ERROR_FIELD].tolist()
+    assert reasons == ["", "missing ticket_id", "missing customer_id", "empty text (subject and body)",
+                       "missing created_at"]
+
+
+def test_resources_are_sized_from_the_cluster() -> None:
+    base = BatchJobConfig(tickets="t", output="o")
+    assert plan_resources(base, {"CPU": 2}) == (1, 2)  # laptop: one actor using both cores
+    assert plan_resources(base, {"CPU": 33}) == (32, 1)  # cluster: one CPU kept for the other stages
+    assert plan_resources(base.model_copy(update={"gpus_per_actor": 0.5}), {"CPU": 16, "GPU": 4}) == (8, 1)
+    assert plan_resources(base.model_copy(update={"actors": 3, "parallel_rows": 4}), {"CPU": 2}) == (3, 4)
+
+
+def test_entrypoint_and_equivalent_command(tmp_path: Path) -> None:
+    config = BatchJobConfig(tickets="s3://bucket/t.parquet", output="/out", actors=2, partition_by_date=False)
+    assert entrypoint(config) == ("python pipelines/batch_predict.py --tickets s3://bucket/t.parquet --output /out "
+                                  "--actors 2 --no-partition-by-date")
+    settings = load_settings(features={"profile": "redis", "redis_connection": "r:6379,password=s3cret"})
+    env = job_environment(settings)
+    assert Path(env["UNISON_MODEL__REGISTRY_DIR"]).is_absolute()
+    command = equivalent_command("http://head:8265", tmp_path, env, config)
+    assert command.startswith("ray job submit --address http://head:8265 --working-dir ")
+    assert "s3cret" not in command and "password=***" in command
+
+
+def test_pipeline_flags_map_to_the_config() -> None:
+    config = batch_predict.parse(["--tickets", "in", "--output", "out", "--batch-size", "64", "--gpus-per-actor",
+                                  "0.25", "--no-partition-by-date"])
+    assert (config.batch_size, config.gpus_per_actor, config.partition_by_date) == (64, 0.25, False)
+    with pytest.raises(SystemExit):
+        batch_predict.parse(["--output", "out"])  # --tickets is required
