@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -377,30 +377,23 @@ def _stop_component(state: ComponentState, grace_s: float = 15.0) -> None:
             # `ray start --block` shuts its children down itself on SIGTERM; give it the chance first.
             root.send_signal(signal.SIGTERM)
             root.wait(timeout=grace_s)
-        except psutil.TimeoutExpired:
-            pass
-        except psutil.Error:
+        except psutil.Error:  # gone already, or still shutting down after the grace period
             pass
     for proc in processes:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
+        _signal(proc, psutil.Process.terminate)
     _, alive = psutil.wait_procs(processes, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    # Anything still naming the work directory (late-forked workers) goes too.
-    leftovers = _component_processes(state.model_copy(update={"process": None}))
+    # Whatever ignored SIGTERM, and anything still naming the work directory (late-forked workers), is killed.
+    leftovers = alive + _component_processes(state.model_copy(update={"process": None}))
     for proc in leftovers:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+        _signal(proc, psutil.Process.kill)
     psutil.wait_procs(leftovers, timeout=5)
+
+
+def _signal(proc: psutil.Process, action: Callable[[psutil.Process], None]) -> None:
+    try:
+        action(proc)
+    except psutil.Error:
+        pass  # already gone
 
 
 def up(settings: Settings) -> tuple[StackState, list[str]]:

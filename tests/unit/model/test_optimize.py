@@ -128,3 +128,45 @@ def test_tampered_artifact_is_refused(built_model, tmp_path: Path) -> None:
     registry.load(built_model.ref, ["fp32"])  # untouched variants still load
     with pytest.raises(ArtifactError, match=r"int8/model\.onnx\.data"):
         registry.load(built_model.ref, ["int8"])
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sequence-classification model made locally from the shipped encoder (random 6-way head; no download)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from unison.data import CATEGORIES
+    from unison.model.export import TOKENIZER_FILES
+
+    target = tmp_path_factory.mktemp("classifier")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        default_source(), num_labels=len(CATEGORIES), id2label=dict(enumerate(CATEGORIES)),
+        label2id={c: i for i, c in enumerate(CATEGORIES)})
+    model.save_pretrained(target)
+    for name in TOKENIZER_FILES:
+        if (default_source() / name).exists():
+            shutil.copy2(default_source() / name, target / name)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["sequence-classification", "encoder"])
+def test_other_model_kinds_export_and_pass_their_gates(kind: str, classifier_dir: Path, demo_data: Path,
+                                                       tmp_path: Path) -> None:
+    source = classifier_dir if kind == "sequence-classification" else default_source()
+    registry = Registry(tmp_path / "registry")
+    result = optimize(OptimizeOptions(source=source, name=kind.split("-")[0], kind="auto" if kind != "encoder"
+                                      else "encoder", data_dir=demo_data, variants=["fp32", "int8"], eval_rows=40,
+                                      skip_benchmark=True), registry)
+    assert result.artifact is not None and result.artifact.manifest.kind == kind
+    outputs = result.artifact.manifest.output_names()
+    assert outputs == (["logits", "probabilities"] if kind != "encoder" else ["embedding"])
+    assert result.quality["fp32"].passed and "features" not in result.artifact.manifest.input_names()
+    from unison.model import Predictor
+
+    predictor = Predictor(result.artifact, "fp32")
+    out = predictor.predict(["my invoice is wrong", "the app crashes"])
+    if kind == "encoder":
+        assert out.embedding is not None and np.allclose(np.linalg.norm(out.embedding, axis=1), 1, atol=1e-4)
+        assert "embedding" in out.to_records()[0]
+    else:
+        assert out.categories()[0] in result.artifact.manifest.labels
