@@ -109,9 +109,10 @@ def main() -> int:
         stop.set()
         stack.down(settings)
     job_rate = manifest["rows_per_second"]
+    pipeline_rate = manifest["pipeline_rows_per_second"]
     print(f"batch job: {manifest['rows_out']:,} rows scored + {manifest['rows_error']} errors in "
-          f"{manifest['seconds']:.0f}s = {job_rate:,.0f} rows/s; peak RSS of the stack {peak['bytes'] / 2**30:.2f} GiB",
-          flush=True)
+          f"{manifest['seconds']:.0f}s = {job_rate:,.0f} rows/s end to end, {pipeline_rate:,.0f} rows/s in the "
+          f"scoring pipeline; peak RSS of the stack {peak['bytes'] / 2**30:.2f} GiB", flush=True)
 
     # 3. naive pandas + PyTorch loop
     import torch
@@ -138,10 +139,12 @@ def main() -> int:
     print("\n| path | rows/s | vs raw Predictor | vs naive loop |")
     print("|---|---|---|---|")
     for name, rate in (("naive pandas + PyTorch loop", naive), ("raw Predictor (int8, rows)", raw),
-                       (f"batch job ({manifest['rows_in']:,} rows, submitted)", job_rate)):
+                       (f"batch job end to end ({manifest['rows_in']:,} rows, submitted)", job_rate),
+                       ("batch job scoring pipeline (steady state)", pipeline_rate)):
         print(f"| {name} | {rate:,.0f} | {rate / raw:.2f} | {rate / naive:.1f}x |")
-    ratio = job_rate / raw
-    print(f"\njob / raw Predictor = {ratio:.2f} (target >= 0.80): {'met' if ratio >= 0.8 else 'NOT met'}")
+    for label, rate in (("end to end", job_rate), ("scoring pipeline", pipeline_rate)):
+        ratio = rate / raw
+        print(f"job ({label}) / raw Predictor = {ratio:.2f} (target >= 0.80): {'met' if ratio >= 0.8 else 'NOT met'}")
     return 0
 
 
