@@ -192,11 +192,11 @@ class Features:
         self.settings = settings
         self.store = open_store(settings)
         try:
-            self._ttl = {name: self.store.get_feature_view(name).ttl for name in VIEWS}
+            views = {name: self.store.get_feature_view(name) for name in VIEWS}
         except Exception as exc:  # Feast raises its own not-found errors
             raise FeatureStoreError(f"feature views are not registered ({exc}); run `unison features apply`") from exc
+        self._ttl = {name: view.ttl for name, view in views.items()}
         self._refs = feature_refs()
-        views = {name: self.store.get_feature_view(name) for name in VIEWS}
         if self.store.config.online_store.type == "redis":
             self._reader: _OnlineReader = _RedisReader(self.store, views)
         else:

@@ -172,3 +172,9 @@ def test_the_transform_exists_once_and_is_imported() -> None:
     assert definitions == [Path("platform/unison/features/transform.py")]
     for user in (REPO / "triage.py", ROOT / "platform" / "unison" / "model" / "optimize.py"):
         assert "from unison.features" in user.read_text() and "import" in user.read_text()
+
+
+def test_unapplied_store_says_what_to_run(tmp_path: Path, demo_data: Path) -> None:
+    settings = load_settings(data={"dir": demo_data}, features={"repo_dir": REPO, "state_dir": tmp_path / "feast"})
+    with pytest.raises(store.FeatureStoreError, match="run `unison features apply`"):
+        store.Features(settings)
