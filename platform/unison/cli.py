@@ -639,6 +639,236 @@ def batch_submit(
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------------------------------------- serve
+
+serve_app = typer.Typer(
+    help="The online Serve application: Unison's JSON API (/v1/predict), the Open Inference Protocol v2 (/v2) "
+    "and OpenAPI docs (/docs), deployed from deploy/serve.yaml (`serving.config_file`).",
+    no_args_is_help=True,
+)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("up")
+def serve_up() -> None:
+    """Deploy the Serve application to the stack (or the configured Ray cluster) and wait until it is ready.
+
+    Fills in the HTTP port (`serving.http_port`, else a free one, kept for later runs) and this configuration's
+    UNISON_* variables, validates the result with Serve's own schema, deploys it through the dashboard (what
+    `serve deploy` does) and waits for RUNNING and /v2/health/ready. Running it again updates the application
+    in place: changed `user_config` (batch size, wait) reaches the replicas without a restart.
+    """
+    from unison.ops.stack import StackError
+    from unison.serving import deploy
+
+    settings = _settings()
+    try:
+        state = deploy.up(settings, progress=lambda line: console.print(line, markup=False, highlight=False))
+    except (deploy.ServeError, StackError) as exc:
+        _fail(str(exc))
+    console.print(f"  ready:   {state.url}")
+    console.print(f"  predict: curl -s {state.url}/v1/predict -H 'content-type: application/json' -d "
+                  "'{\"instances\": [{\"ticket_id\": \"t1\", \"customer_id\": 1, \"subject\": \"refund\", "
+                  "\"body\": \"I was charged twice\"}]}'", markup=False, highlight=False)
+    console.print(f"  OIP v2:  {state.url}/v2/models/{settings.model.name}   docs: {state.url}/docs",
+                  markup=False)
+
+
+@serve_app.command("down")
+def serve_down() -> None:
+    """Delete the Serve applications and shut Serve down on the cluster (the stack keeps running)."""
+    from unison.ops.stack import StackError
+    from unison.serving import deploy
+
+    try:
+        deploy.down(_settings())
+    except (deploy.ServeError, StackError) as exc:
+        _fail(str(exc))
+    console.print("  Serve is down")
+
+
+@serve_app.command("status")
+def serve_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print Serve's full status as JSON.")] = False,
+) -> None:
+    """Applications and deployments with their status and replica counts, as Serve reports them."""
+    from unison.ops.stack import StackError, endpoints
+    from unison.serving import deploy
+
+    settings = _settings()
+    try:
+        details = deploy.applications(endpoints(settings))
+    except (deploy.ServeError, StackError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(details, indent=2, default=str))
+        return
+    apps = details.get("applications") or {}
+    if not apps:
+        console.print("  no Serve applications (run `unison serve up`)")
+        return
+    table = Table("application", "deployment", "status", "replicas", "message")
+    for name, application in apps.items():
+        table.add_row(name, "", str(application.get("status")), "", str(application.get("message") or "")[:80])
+        for dep_name, dep in (application.get("deployments") or {}).items():
+            replicas = dep.get("replicas") or []
+            running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+            table.add_row("", dep_name, str(dep.get("status")), f"{running}/{len(replicas)}",
+                          str(dep.get("message") or "")[:80])
+    console.print(table)
+    try:
+        console.print(f"  HTTP: {deploy.url(settings)}", markup=False)
+    except deploy.ServeError:
+        pass
+
+
+@serve_app.command("canary")
+def serve_canary(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. triage.")],
+    version: Annotated[str | None, typer.Argument(help="Canary version. Omit with --off.")] = None,
+    weight: Annotated[float, typer.Option(help="Fraction of the alias's traffic sent to the canary.")] = 0.1,
+    alias: Annotated[str, typer.Option(help="The alias whose traffic is split.")] = "production",
+    off: Annotated[bool, typer.Option("--off", help="Remove the model's canary split.")] = False,
+) -> None:
+    """Split live traffic between the alias's version and a canary version (e.g. 90/10), or stop splitting.
+
+    Applied in place to the running application (the ingress's `user_config`; no restart, no dropped requests)
+    and kept for later `serve up` runs. Requests that name a version are never split. Per-version counts are
+    in GET /v1/models (`routing`) and the `unison_http_requests_total` metric. Promote the canary when it is
+    good: `unison models promote MODEL VERSION` (the service follows the alias within seconds).
+    """
+    from unison.ops.stack import StackError
+    from unison.serving import deploy
+
+    settings = _settings()
+    if not off and version is None:
+        _fail("give a VERSION, or --off to remove the split", code=2)
+    if not 0 <= weight <= 1:
+        _fail("--weight must be between 0 and 1", code=2)
+    try:
+        recorded = deploy.set_canary(settings, model, None if off else version, weight, alias)
+        deploy.up(settings, progress=lambda line: None)
+    except (deploy.ServeError, StackError) as exc:
+        _fail(str(exc))
+    split = recorded.get(model)
+    if split is None:
+        console.print(f"  {model}: no canary; all {alias} traffic goes to the {alias} version")
+    else:
+        console.print(f"  {model}: {split['weight']:.0%} of {alias} traffic to version {split['version']}")
+
+
+@serve_app.command("config")
+def serve_config(
+    port: Annotated[int | None, typer.Option(help="HTTP port to write. Default: serving.http_port, else 8000.")] = None,
+) -> None:
+    """Print deploy/serve.yaml as `serve up` would deploy it (HTTP address, UNISON_* env), validated by Serve's
+    schema, for `serve deploy` or `serve run`. Secrets in the environment are printed: keep the output private.
+    """
+    import yaml
+
+    from unison.ops.stack import StackError, endpoints
+    from unison.serving import deploy
+
+    settings = _settings()
+    try:
+        stack = endpoints(settings)
+    except StackError:
+        stack = None
+    try:
+        config = deploy.render(settings, stack, port or settings.serving.http_port or 8000)
+    except deploy.ServeError as exc:
+        _fail(str(exc))
+    print(yaml.safe_dump(config, sort_keys=False), end="")
+
+
+# ---------------------------------------------------------------------------------------------- stream
+
+stream_app = typer.Typer(
+    help="The streaming path: replay tickets into the input topic, tail any topic. The scoring itself runs in "
+    "the Serve application's StreamConsumer deployment (`unison serve up`).",
+    no_args_is_help=True,
+)
+app.add_typer(stream_app, name="stream")
+
+
+def _kafka_address(settings: Settings) -> str:
+    from unison.ops.stack import StackError, endpoints
+
+    try:
+        return endpoints(settings).kafka_bootstrap_servers
+    except StackError as exc:
+        _fail(str(exc))
+
+
+@stream_app.command("produce")
+def stream_produce(
+    tickets: Annotated[Path | None, typer.Option(help="Parquet file of tickets (ticket_id, customer_id, subject, "
+                                                      "body, channel). Default: <data.dir>/tickets.parquet.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Messages per second. Default: as fast as the broker "
+                                                    "takes them.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many tickets.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic. Default: kafka.input_topic.")] = None,
+) -> None:
+    """Replay generated tickets into the input topic (JSON values keyed by ticket id), paced at --rate."""
+    from unison.streaming.tools import produce, ticket_messages
+
+    settings = _settings()
+    path = tickets or settings.data.dir / "tickets.parquet"
+    if not path.is_file():
+        _fail(f"{path} does not exist; run `unison data generate` or pass --tickets", code=2)
+    address = _kafka_address(settings)
+    sent = produce(settings.kafka, address, ticket_messages(path, limit), topic, rate,
+                   progress=lambda n, s: console.print(f"  {n:,} sent ({n / max(s, 1e-9):,.0f}/s)"))
+    console.print(f"  {sent:,} tickets sent to {topic or settings.kafka.input_topic} at {address}")
+
+
+@stream_app.command("tail")
+def stream_tail(
+    topic: Annotated[str, typer.Argument(help="Topic to print, e.g. predictions or tickets.dlq.")],
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    max_records: Annotated[int | None, typer.Option("--max", help="Stop after this many records.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Print a topic's records as JSON lines as they arrive (key, headers, value, partition and offset).
+
+    Reads without a consumer group, so it never moves anyone's offsets."""
+    from unison.streaming.tools import tail
+
+    settings = _settings()
+    try:
+        for record in tail(settings.kafka, _kafka_address(settings), topic, from_beginning, max_records, timeout):
+            print(json.dumps(record), flush=True)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+
+
+@stream_app.command("lag")
+def stream_lag(
+    group: Annotated[str, typer.Option(help="Consumer group.")] = "unison-scorer",
+    topic: Annotated[list[str] | None, typer.Option(help="Topic (repeatable). Default: kafka.input_topic.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Consumer lag per partition: end offset minus the group's committed offset (read without joining or
+    disturbing the group; a partition never committed counts from its beginning)."""
+    from unison.streaming.lag import consumer_lag
+
+    settings = _settings()
+    try:
+        rows = consumer_lag(settings.kafka, _kafka_address(settings), group, topic or None)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    if as_json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+        return
+    table = Table("group", "topic", "partition", "end offset", "committed", "lag")
+    for row in rows:
+        table.add_row(row.group, row.topic, str(row.partition), str(row.end_offset),
+                      "-" if row.committed is None else str(row.committed), str(row.lag))
+    console.print(table)
+    console.print(f"  total lag: {sum(r.lag for r in rows):,}")
+
+
 # ---------------------------------------------------------------------------------------------- later issues
 
 
@@ -654,8 +884,6 @@ def _not_yet(name: str, what: str) -> typer.Typer:
 
 
 for _name, _what in (
-    ("serve", "Start and stop the Ray Serve application (HTTP API and streaming deployments)."),
-    ("stream", "Produce tickets into Kafka, tail topics, show consumer lag."),
     ("parity", "Score the same tickets on batch, online and streaming and compare them."),
 ):
     app.add_typer(_not_yet(_name, _what), name=_name)

@@ -7,6 +7,7 @@ then the defaults below. Every field's description is its documentation (`unison
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextvars import ContextVar
@@ -244,6 +245,25 @@ class ModelConfig(_Strict):
     )
 
 
+class ServingConfig(_Strict):
+    """The online Serve application (`unison serve up`)."""
+
+    config_file: Path = Field(
+        default=Path("deploy/serve.yaml"),
+        description="Serve config (Ray's own format) that `serve up` deploys after filling in the HTTP address and "
+        "this configuration's UNISON_* variables. `serve deploy`/`serve run` accept the same file.",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address Serve's HTTP proxy binds to.")
+    http_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of Serve's HTTP proxy. Empty: a free port picked by `serve up` and recorded in the state "
+        "directory (8000, Serve's default, is often taken).",
+    )
+    deploy_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long `serve up` waits for the application to be RUNNING and ready."
+    )
+
+
 class Settings(BaseSettings):
     """Everything Unison reads at start. Unknown keys are errors, so a typo never silently falls back."""
 
@@ -264,6 +284,7 @@ class Settings(BaseSettings):
     data: DataConfig = Field(default_factory=DataConfig, description="Demo data generation.")
     features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="Feast repository and stores.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model registry and Predictor.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="Online serving on Ray Serve.")
 
     @field_validator("state_dir")
     @classmethod
@@ -330,3 +351,42 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
             hint = "  [env: " + ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper() + "]"
         lines.append(f"  {field}: {error['msg']}{shown}{hint}")
     return "\n".join(lines)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """UNISON_* variables that rebuild `settings` in another process (a Ray job, a Serve replica).
+
+    Only values that differ from the defaults are written, except paths, which are always written and made
+    absolute: remote processes run in another working directory. Secrets are included (the process needs them);
+    never log the result.
+    """
+    env: dict[str, str] = {}
+    if settings.state_dir is not None:
+        env[f"{ENV_PREFIX}STATE_DIR"] = str(settings.state_dir.resolve())
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        defaults = type(section)()
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            key = f"{ENV_PREFIX}{section_name.upper()}__{name.upper()}"
+            if isinstance(value, Path):
+                env[key] = str(value.resolve())
+            elif value == getattr(defaults, name) or value is None:
+                continue
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, str | int | float):
+                env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+            else:
+                env[key] = json.dumps(_plain(value))
+    return env
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,13 +1,20 @@
-"""Real servers for integration tests: one embedded stack (Ray head + Tansu broker) per test session."""
+"""Real servers for integration tests: one embedded stack (Ray head + Tansu broker) per test session, and one
+Serve deployment of deploy/serve.yaml on it for the serving and streaming tests."""
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from unison.config import Settings, load_settings
+from unison.model import Registry
 from unison.ops import stack
+from unison.serving import deploy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,3 +67,59 @@ def platform_settings(stack_settings: Settings, built_model, demo_data: Path,
     store.apply(settings)
     store.materialize(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def serving_registry(platform_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """triage:1 (production), triage:2 (same weights), sentiment:1, big:1 (weights padded past small budgets),
+    broken:1 (a weight file changed after registration)."""
+    root = tmp_path_factory.mktemp("serving-registry")
+    shutil.copytree(platform_settings.model.registry_dir, root, dirs_exist_ok=True)
+    registry = Registry(root)
+    registry.copy("triage:1")
+    registry.copy("triage:1", "sentiment")
+    big = registry.staging_dir("big")
+    source = registry.load("triage:1")
+    shutil.copytree(source.path, big, dirs_exist_ok=True)
+    (big / "manifest.json").unlink()
+    data = big / source.manifest.variants["int8"].data_files[0]
+    with data.open("ab") as handle:  # ONNX Runtime reads tensors by offset: trailing bytes change only the size
+        handle.write(b"\0" * (48 << 20))
+    registry.register(big, source.manifest.model_copy(update={"name": "big"}))
+    broken = registry.copy("triage:1", "broken")
+    target = broken.path / broken.manifest.variants["int8"].data_files[0]
+    content = bytearray(target.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    target.unlink()  # the copy is a hard link: replace the file, never write through it
+    target.write_bytes(bytes(content))
+    return registry
+
+
+@pytest.fixture(scope="session")
+def serve_settings(platform_settings: Settings, serving_registry: Registry,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    broken = json.loads(json.dumps(config["applications"][0]))
+    broken.update(name="broken", route_prefix="/broken")
+    broken["args"]["model"] = "broken:1"
+    for deployment in broken["deployments"]:  # keep the second application small (2 logical CPUs in all)
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = 1
+        deployment["ray_actor_options"] = {"num_cpus": 0.01}
+    config["applications"].append(broken)
+    path = tmp_path_factory.mktemp("serve") / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = platform_settings.model_copy(update={
+        "serving": platform_settings.serving.model_copy(update={"config_file": path}),
+        "model": platform_settings.model.model_copy(update={"registry_dir": serving_registry.root}),
+    })
+    deploy.up(settings, progress=lambda line: None)
+    try:
+        yield settings
+    finally:
+        deploy.down(settings)
+
+
+@pytest.fixture(scope="session")
+def url(serve_settings: Settings) -> str:
+    return deploy.url(serve_settings)

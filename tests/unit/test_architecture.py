@@ -15,6 +15,8 @@ ALLOWED: dict[str, set[str]] = {
     "model": {"data", "features"},
     "ops": {"config"},
     "batch": {"config", "features", "model"},
+    "serving": {"config", "data", "model", "features", "ops", "streaming"},
+    "streaming": {"config", "model", "features", "ops"},
     "cli": {"*"},
 }
 

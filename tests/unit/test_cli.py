@@ -37,7 +37,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 
 def test_unbuilt_groups_say_so() -> None:
-    result = runner.invoke(app, ["serve"])
+    result = runner.invoke(app, ["parity"])
     assert result.exit_code == 2
     assert "not available in this version yet" in result.output
 

@@ -84,3 +84,23 @@ def test_non_mapping_yaml_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match=r"list\.yaml"):
         load_settings(config)
+
+
+def test_environment_rebuilds_the_settings_in_another_process(tmp_path, monkeypatch) -> None:
+    from unison.config import environment
+
+    settings = load_settings(state_dir=tmp_path / "s", model={"variant": "fp32", "max_length": 64},
+                             kafka={"bootstrap_servers": "k:9092", "security_protocol": "SASL_SSL",
+                                    "sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "pw",
+                                    "topics": [{"name": "t", "partitions": 3}]})
+    env = environment(settings)
+    assert env["UNISON_MODEL__VARIANT"] == "fp32" and "UNISON_MODEL__NAME" not in env  # defaults left out
+    assert all(env[k].startswith("/") for k in env if k.endswith("_DIR") or k.endswith("CONFIG_FILE"))
+    for key in [k for k in __import__("os").environ if k.startswith("UNISON_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rebuilt = load_settings()
+    assert rebuilt.model == settings.model.model_copy(update={"registry_dir": settings.model.registry_dir.resolve()})
+    assert rebuilt.kafka.sasl_password is not None and rebuilt.kafka.sasl_password.get_secret_value() == "pw"
+    assert rebuilt.kafka.topics == settings.kafka.topics

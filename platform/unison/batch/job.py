@@ -137,10 +137,10 @@ class Scorer:
         self.started = time.perf_counter()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from unison.features import feature_matrix, transform
+        from unison.model.scoring import score_tickets
 
-        inputs = transform(batch)
-        predictions = self.predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
+        scored = score_tickets(self.predictor, batch)
+        predictions = scored.predictions
         labels = predictions.labels
         probabilities = predictions.probabilities
         assert probabilities is not None and predictions.priority is not None
@@ -151,7 +151,7 @@ class Scorer:
             "created_at": created.to_numpy(),
             "category": [labels[i] for i in probabilities.argmax(axis=1)],
             "priority": predictions.priority.astype(np.float32),
-            "features_missing": inputs["features_missing"].to_numpy() > 0,
+            "features_missing": scored.features_missing,
             "truncated": predictions.truncated,
             "model_name": self.predictor.name,
             "model_version": self.predictor.version,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unison.batch.job import BatchJobConfig
-from unison.config import Settings
+from unison.config import Settings, environment
 
 ENTRYPOINT = "pipelines/batch_predict.py"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -27,23 +27,8 @@ class SubmittedJob:
 
 
 def job_environment(settings: Settings) -> dict[str, str]:
-    """UNISON_* variables that point the job at this configuration's registry, data and feature store.
-
-    Paths are made absolute: the job runs in an uploaded copy of the working directory, not here.
-    """
-    env = {
-        "UNISON_MODEL__REGISTRY_DIR": str(settings.model.registry_dir.resolve()),
-        "UNISON_DATA__DIR": str(settings.data.dir.resolve()),
-        "UNISON_FEATURES__STATE_DIR": str(settings.features.state_dir.resolve()),
-        "UNISON_FEATURES__PROFILE": settings.features.profile,
-        "UNISON_FEATURES__PROJECT": settings.features.project,
-        "UNISON_FEATURES__OFFLINE_STORE": settings.features.offline_store,
-    }
-    if settings.features.profile == "redis":
-        env["UNISON_FEATURES__REDIS_CONNECTION"] = settings.features.redis_connection
-        if settings.features.registry_url:
-            env["UNISON_FEATURES__REGISTRY_URL"] = settings.features.registry_url
-    return env
+    """UNISON_* variables that point the job at this configuration (paths absolute: the job runs elsewhere)."""
+    return environment(settings)
 
 
 def entrypoint(config: BatchJobConfig) -> str:
@@ -62,8 +47,13 @@ def _mask(text: str) -> str:
     return re.sub(r"(password=)[^,\"' ]+", r"\1***", text)
 
 
+def _mask_env(env: dict[str, str]) -> dict[str, str]:
+    secret = re.compile(r"PASSWORD|SECRET|TOKEN")
+    return {key: "***" if secret.search(key) else value for key, value in env.items()}
+
+
 def equivalent_command(dashboard_url: str, working_dir: Path, env: dict[str, str], config: BatchJobConfig) -> str:
-    runtime_env = json.dumps({"env_vars": env}, sort_keys=True)
+    runtime_env = json.dumps({"env_vars": _mask_env(env)}, sort_keys=True)
     return _mask(f"ray job submit --address {dashboard_url} --working-dir {shlex.quote(str(working_dir))} "
                  f"--runtime-env-json {shlex.quote(runtime_env)} -- {entrypoint(config)}")
 

@@ -66,42 +66,49 @@ def transform(rows: pd.DataFrame) -> pd.DataFrame:
     """Model inputs for each row: `text`, one float32 column per NUMERIC_FEATURES, and `features_missing`.
 
     `rows` holds the ticket fields and the customer features (missing columns or NaN mean "missing").
-    Rows keep their order and index.
+    Rows keep their order and index. Computed on NumPy arrays and assembled once: the online paths call this
+    for a handful of rows, where per-column pandas overhead would cost more than the model.
     """
     missing_ticket = [c for c in ("subject", "body") if c not in rows.columns]
     if missing_ticket:
         raise ValueError(f"transform needs ticket column(s) {missing_ticket}; got {list(rows.columns)}")
-    out = pd.DataFrame(index=rows.index)
-    subject = normalize_text(rows["subject"])
-    body = normalize_text(rows["body"])
-    out["text"] = (subject + "\n" + body).str.strip()
+    n = len(rows)
+    text = (normalize_text(rows["subject"]) + "\n" + normalize_text(rows["body"])).str.strip()
 
     def column(name: str) -> pd.Series:
         return rows[name] if name in rows.columns else pd.Series(np.nan, index=rows.index, dtype="float64")
 
-    present = pd.DataFrame({name: column(name).notna() for name in CUSTOMER_FEATURES if name != "last_csat"})
+    def floats(name: str) -> npt.NDArray[np.float64]:
+        return pd.to_numeric(column(name), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def numeric(name: str) -> npt.NDArray[np.float64]:
+        values = floats(name)
+        return np.where(np.isnan(values), float(DEFAULTS[name]), values)
+
+    out: dict[str, Any] = {"text": text.to_numpy()}
     # "Missing" means the customer's feature row was not found, not that one survey answer is absent.
-    out["features_missing"] = (~present.all(axis=1)).astype("float32")
-
-    plan = column("plan").where(column("plan").notna(), DEFAULTS["plan"]).astype(str)
+    present = np.ones(n, dtype=bool)
+    for name in CUSTOMER_FEATURES:
+        if name != "last_csat":
+            present &= column(name).notna().to_numpy()
+    plan_column = column("plan")
+    plan = plan_column.where(plan_column.notna(), DEFAULTS["plan"]).astype(str).to_numpy()
     for name in PLANS:
-        out[f"plan_{name}"] = (plan == name).astype("float32")
-    channel = column("channel").astype("string").fillna("").str.lower()
+        out[f"plan_{name}"] = (plan == name).astype(np.float32)
+    channel = column("channel").astype("string").fillna("").str.lower().to_numpy(dtype=object)
     for name in CHANNELS:
-        out[f"channel_{name}"] = (channel == name).astype("float32")
-
-    def numeric(name: str) -> pd.Series:
-        return pd.to_numeric(column(name), errors="coerce").fillna(DEFAULTS[name]).astype("float64")
-
-    out["tenure_years"] = (numeric("tenure_days").clip(0, 36_500) / 365.0).astype("float32")
-    out["log_lifetime_value"] = (np.log1p(numeric("lifetime_value").clip(lower=0)) / 10.0).astype("float32")
-    out["open_tickets_scaled"] = (numeric("open_tickets").clip(0, 20) / 10.0).astype("float32")
-    out["tickets_last_90d_scaled"] = (numeric("tickets_last_90d").clip(0, 50) / 10.0).astype("float32")
-    csat = pd.to_numeric(column("last_csat"), errors="coerce")
-    out["csat"] = ((csat.clip(1, 5) - 3.0) / 2.0).fillna(0.0).astype("float32")
-    out["csat_missing"] = csat.isna().astype("float32")
-    out["login_recency_scaled"] = (numeric("days_since_last_login").clip(0, 365) / 90.0).astype("float32")
-    return out[["text", *NUMERIC_FEATURES]]
+        out[f"channel_{name}"] = (channel == name).astype(np.float32)
+    out["tenure_years"] = (np.clip(numeric("tenure_days"), 0, 36_500) / 365.0).astype(np.float32)
+    out["log_lifetime_value"] = (np.log1p(np.clip(numeric("lifetime_value"), 0, None)) / 10.0).astype(np.float32)
+    out["open_tickets_scaled"] = (np.clip(numeric("open_tickets"), 0, 20) / 10.0).astype(np.float32)
+    out["tickets_last_90d_scaled"] = (np.clip(numeric("tickets_last_90d"), 0, 50) / 10.0).astype(np.float32)
+    csat = floats("last_csat")
+    scaled = (np.clip(csat, 1, 5) - 3.0) / 2.0
+    out["csat"] = np.where(np.isnan(scaled), 0.0, scaled).astype(np.float32)
+    out["csat_missing"] = np.isnan(csat).astype(np.float32)
+    out["login_recency_scaled"] = (np.clip(numeric("days_since_last_login"), 0, 365) / 90.0).astype(np.float32)
+    out["features_missing"] = (~present).astype(np.float32)
+    return pd.DataFrame({name: out[name] for name in ("text", *NUMERIC_FEATURES)}, index=rows.index)
 
 
 def feature_matrix(transformed: pd.DataFrame) -> npt.NDArray[np.float32]:

@@ -205,6 +205,28 @@ class Registry:
             os.rename(staging, target)
         return Artifact(target, final)
 
+    def copy(self, ref: str, name: str | None = None) -> Artifact:
+        """Register the files of `ref` again, as the next version of `name` (default: the same model).
+
+        The copy is verified first; hard links are used where the filesystem allows, so a copy costs no space.
+        """
+        source = self.load(ref)
+        target_name = name or source.manifest.name
+        staging = self.staging_dir(target_name)
+        try:
+            for path in sorted(source.path.rglob("*")):
+                if path.is_file() and path.name != MANIFEST_FILE:
+                    destination = staging / path.relative_to(source.path)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(path, destination)
+                    except OSError:
+                        shutil.copy2(path, destination)
+            return self.register(staging, source.manifest.model_copy(update={"name": target_name}))
+        except BaseException:
+            self.discard(staging)
+            raise
+
     def promote(self, name: str, version: str, alias: str = "production") -> dict[str, str]:
         """Point `alias` at `version` (atomically); return all aliases of `name`."""
         if alias == "latest" or alias.isdigit():

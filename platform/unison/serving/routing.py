@@ -1,0 +1,131 @@
+"""Which model version answers a request: registry aliases (re-read every few seconds, so `unison models promote`
+moves live traffic without a redeploy) and canary splits (a weight of the alias's traffic sent to another
+version, set at run time through the ingress's `user_config`).
+
+A request that names a version gets exactly that version; one that names only the model (or an alias) gets the
+alias's version, or the canary version with the canary's weight. Every answer carries the version that served it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from unison.model.registry import Registry
+
+ALIAS_TTL_S = 2.0
+
+
+class Canary(BaseModel):
+    """Send `weight` of the traffic that would go to the alias's version to `version` instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^\d+$", description="The canary version (a registered version number).")
+    weight: float = Field(ge=0, le=1, description="Fraction of the alias's traffic sent to the canary (0.1 = 10%).")
+    alias: str = Field(default="production", description="The alias whose traffic is split.")
+
+
+class RoutingConfig(BaseModel):
+    """The ingress's `user_config`: changed at run time without restarting replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    canaries: dict[str, Canary] = Field(default_factory=dict, description="Model name -> its canary split.")
+
+
+class UnknownModel(LookupError):
+    """No such model or version; the message names what exists (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    version: str
+    canary: bool = False
+
+    @property
+    def model_id(self) -> str:
+        """The multiplexed model id (`name:version`) Serve routes on."""
+        return f"{self.name}:{self.version}"
+
+
+class Router:
+    """Resolves (model, version-or-alias) to a concrete version, applying canary splits."""
+
+    def __init__(self, registry: Registry, default_model: str, default_alias: str = "production",
+                 rng: random.Random | None = None) -> None:
+        self.registry = registry
+        self.default_model = default_model
+        self.default_alias = default_alias
+        self.config = RoutingConfig()
+        self._rng = rng or random.Random()
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, config: dict[str, Any] | RoutingConfig | None) -> RoutingConfig:
+        parsed = config if isinstance(config, RoutingConfig) else RoutingConfig.model_validate(config or {})
+        for name, canary in parsed.canaries.items():
+            if canary.version not in self.registry.versions(name):
+                raise UnknownModel(f"canary for {name!r}: version {canary.version} is not registered "
+                                   f"(versions: {', '.join(self.registry.versions(name)) or 'none'})")
+        self.config = parsed
+        return parsed
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        """Versions and aliases of `name`, re-read from the registry at most every ALIAS_TTL_S."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None and now - cached[0] < ALIAS_TTL_S:
+                return cached[1]
+        if name not in self.registry.models():
+            known = ", ".join(self.registry.models()) or "none"
+            raise UnknownModel(f"unknown model {name!r}; models: {known}")
+        entry = {"versions": self.registry.versions(name), "aliases": self.registry.aliases(name)}
+        with self._lock:
+            self._cache[name] = (now, entry)
+        return entry
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return dict(self._entry(name))
+
+    def models(self) -> list[str]:
+        return self.registry.models()
+
+    def resolve(self, name: str | None = None, tag: str | None = None) -> Route:
+        """The version that serves a request for `name` (default: the configured model) and `tag` (a version,
+        an alias, `latest`, or nothing for the default alias)."""
+        name = name or self.default_model
+        entry = self._entry(name)
+        versions, aliases = entry["versions"], entry["aliases"]
+        if not versions:
+            raise UnknownModel(f"model {name!r} has no registered versions")
+        if tag and tag.isdigit():
+            if tag not in versions:
+                raise UnknownModel(f"model {name!r} has no version {tag!r}; versions: {', '.join(versions)}; "
+                                   f"aliases: {_aliases(aliases)}")
+            return Route(name, tag)
+        alias = tag or (self.default_alias if self.default_alias in aliases else "latest")
+        if alias == "latest":
+            version = versions[-1]
+        elif alias in aliases:
+            version = aliases[alias]
+        else:
+            raise UnknownModel(f"model {name!r} has no alias {alias!r}; versions: {', '.join(versions)}; "
+                               f"aliases: {_aliases(aliases)}")
+        canary = self.config.canaries.get(name)
+        if canary is not None and canary.alias == alias and canary.version != version and \
+                self._rng.random() < canary.weight:
+            return Route(name, canary.version, canary=True)
+        return Route(name, version)
+
+
+def _aliases(aliases: dict[str, str]) -> str:
+    return ", ".join(f"{k}->{v}" for k, v in sorted(aliases.items())) or "none"
+

@@ -1,0 +1,158 @@
+"""The streaming deployment: each Serve replica is one member of the Kafka consumer group on the input topic.
+
+Partitions spread over the replicas and move when replicas come and go (Kafka's group rebalance). The loop runs
+in a thread started after the replica is constructed (`reconfigure`, which Serve calls with the `user_config`),
+and stops cleanly -- leaving the group -- when Serve shuts the replica down. Scoring is the one scoring step
+(online features for the whole poll in one lookup, the one transform, the Predictor); the served version follows
+the registry alias (re-read every few seconds), so a promote reaches the stream too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+
+from unison.config import Settings, load_settings
+from unison.streaming.consumer import StreamConfig, TicketStream
+
+log = logging.getLogger("unison.streaming")
+
+ALIAS_CHECK_S = 5.0
+RETRY_LOAD_S = 30.0
+
+
+class StreamConsumer:
+    """A Serve deployment class (decorated in `unison.serving.app`)."""
+
+    def __init__(self, model: str | None = None, variant: str | None = None) -> None:
+        from unison.features.store import Features, feature_service_name
+        from unison.model import Registry
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.settings: Settings = load_settings()
+        self.ref = model or f"{self.settings.model.name}:{self.settings.model.alias}"
+        self.variant = variant or self.settings.model.variant
+        self.registry = Registry(self.settings.model.registry_dir)
+        self.feature_service = feature_service_name()
+        self.features: Any = None
+        self.predictor: Any = None
+        self.load_error: str | None = None
+        self._checked = self._attempted = 0.0
+        self._lock = threading.Lock()
+        try:
+            self.features = Features(self.settings)
+            self._load()
+        except Exception as exc:  # do not consume what cannot be scored; retried from check_health
+            self.load_error = f"cannot score: {type(exc).__name__}: {exc}"
+            self._attempted = time.monotonic()
+            log.error("%s; the consumer waits until it can", self.load_error)
+        self.stream: TicketStream | None = None
+        self.config = StreamConfig()
+        self.disabled: str | None = None
+        if not self.settings.kafka.bootstrap_servers:
+            self.disabled = "no Kafka broker configured (kafka.bootstrap_servers); streaming is off"
+            log.warning("%s", self.disabled)
+
+    def _load(self) -> None:
+        from unison.model import Predictor
+
+        name, version = self.registry.resolve(self.ref)
+        if self.predictor is not None and self.predictor.version == version:
+            return
+        model = self.settings.model
+        predictor = Predictor(self.registry.load(f"{name}:{version}", [self.variant]), self.variant,
+                              device=model.device, execution=model.execution, parallel_rows=model.parallel_rows,
+                              intra_op_threads=model.intra_op_threads, bucket_size=model.bucket_size,
+                              max_length=model.max_length, max_batch_size=1 << 20)
+        old, self.predictor = self.predictor, predictor
+        if old is not None:
+            old.close()
+        log.info("stream scores with %s:%s (%s)", name, version, self.variant)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply `user_config`; (re)start the consumer loop with it."""
+        parsed = StreamConfig.model_validate(config or {})
+        if self.stream is not None and parsed == self.config and self.stream.alive:
+            return
+        self.config = parsed
+        if self.disabled or self.load_error:
+            return
+        if self.stream is not None:
+            self.stream.stop()
+        assert self.settings.kafka.bootstrap_servers is not None
+        self.stream = TicketStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed, self._score)
+        self.stream.start()
+
+    def _score(self, tickets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        from unison.model.predictor import PredictorInputError
+        from unison.model.scoring import attach_online_features, score_tickets
+
+        with self._lock:
+            if time.monotonic() - self._checked > ALIAS_CHECK_S:
+                self._checked = time.monotonic()
+                try:
+                    self._load()
+                except Exception:  # keep the loaded version; the next check retries
+                    log.exception("could not follow %s", self.ref)
+            predictor = self.predictor
+        frame = pd.DataFrame.from_records(tickets)
+        rows = attach_online_features(self.features, frame)
+        try:
+            records = score_tickets(predictor, rows).records()
+        except PredictorInputError:
+            # Score one by one so only the offending ticket is dead-lettered.
+            out: list[dict[str, Any]] = []
+            for i in range(len(tickets)):
+                try:
+                    out.append(score_tickets(predictor, rows.iloc[i:i + 1]).records()[0])
+                except PredictorInputError as exc:
+                    out.append({"error": str(exc)})
+            records = out
+        results = []
+        for ticket, record in zip(tickets, records, strict=True):
+            if "error" in record:
+                results.append(record)
+                continue
+            results.append({"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"], **record,
+                            "model_name": predictor.name, "model_version": predictor.version,
+                            "variant": self.variant, "feature_service": self.feature_service})
+        headers = {"model_name": predictor.name, "model_version": predictor.version}
+        return results, headers
+
+    async def check_health(self) -> None:
+        """Raise when the consumer loop died (Serve then replaces the replica); retry a failed load."""
+        if self.load_error and time.monotonic() - self._attempted >= RETRY_LOAD_S:
+            await asyncio.to_thread(self._retry_load)
+        if self.disabled is None and self.stream is not None and not self.stream.alive:
+            raise RuntimeError("the consumer loop is not running")
+
+    def _retry_load(self) -> None:
+        from unison.features.store import Features
+
+        self._attempted = time.monotonic()
+        try:
+            if self.features is None:
+                self.features = Features(self.settings)
+            self._load()
+        except Exception as exc:
+            self.load_error = f"cannot score: {type(exc).__name__}: {exc}"
+            return
+        self.load_error = None
+        self.reconfigure(self.config.model_dump())
+
+    def status(self) -> dict[str, Any]:
+        return {"replica_pid": os.getpid(), "disabled": self.disabled, "load_error": self.load_error,
+                "config": self.config.model_dump(),
+                "model_version": getattr(self.predictor, "version", None),
+                "stats": self.stream.stats.as_dict() if self.stream is not None else None}
+
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.stop()

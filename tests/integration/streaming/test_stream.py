@@ -1,0 +1,131 @@
+"""The streaming deployment against the real Tansu broker and Ray: every good ticket scored exactly as in process,
+poison messages dead-lettered with reasons, a killed replica loses nothing, a broker restart is survived."""
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from unison.config import Settings
+from unison.ops import stack
+from unison.streaming.tools import produce, tail
+
+
+def _tickets(settings: Settings, run: str, n: int) -> list[dict[str, Any]]:
+    frame = pd.read_parquet(settings.data.dir / "tickets.parquet").head(n)
+    return [{"ticket_id": f"{run}-{i}", "customer_id": int(row.customer_id), "subject": row.subject,
+             "body": row.body, "channel": row.channel} for i, row in enumerate(frame.itertuples())]
+
+
+def _send(settings: Settings, messages: list[tuple[bytes, bytes | None]], rate: float | None = None) -> None:
+    address = stack.endpoints(settings).kafka_bootstrap_servers
+    produce(settings.kafka, address, iter(messages), rate=rate)  # type: ignore[arg-type]
+
+
+def _collect(settings: Settings, topic: str, run: str, want: int, timeout: float) -> list[dict[str, Any]]:
+    """Records of `topic` whose key starts with `run`, until `want` distinct keys arrived or `timeout`."""
+    address = stack.endpoints(settings).kafka_bootstrap_servers
+    found: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(keys) < want and time.monotonic() < deadline:
+        found = [r for r in tail(settings.kafka, address, topic, from_beginning=True, timeout_s=3)
+                 if (r["key"] or "").startswith(run)]
+        keys = {r["key"] for r in found}
+    return found
+
+
+def _stream(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/v1/stream", timeout=30).json()
+
+
+@pytest.fixture
+def run() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
+        serve_settings: Settings, url: str, run: str) -> None:
+    from unison.features.store import Features
+    from unison.model import Predictor, Registry
+    from unison.model.scoring import attach_online_features, score_tickets
+
+    good = _tickets(serve_settings, run, 40)
+    poison: list[tuple[bytes, bytes | None]] = [
+        (f"{run}-bad-json".encode(), b"{not json"),
+        (f"{run}-bad-array".encode(), b"[1, 2]"),
+        (f"{run}-bad-missing".encode(), json.dumps({"ticket_id": "x", "subject": "no customer"}).encode()),
+        (f"{run}-bad-type".encode(), json.dumps({"ticket_id": "x", "customer_id": "7", "body": "x"}).encode()),
+        (f"{run}-bad-empty".encode(), json.dumps({"ticket_id": "x", "customer_id": 7, "body": " "}).encode()),
+        (f"{run}-bad-long".encode(), json.dumps({"ticket_id": "x", "customer_id": 7, "body": "y" * 20_001}).encode()),
+        (f"{run}-bad-tombstone".encode(), None),
+    ]
+    messages: list[tuple[bytes, bytes | None]] = [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in good]
+    for i, message in enumerate(poison):  # mixed in among the good ones
+        messages.insert(i * 5 + 2, message)
+    _send(serve_settings, messages)
+
+    outputs = _collect(serve_settings, serve_settings.kafka.output_topic, run, len(good), 120)
+    by_id = {r["key"]: r for r in outputs}
+    assert set(by_id) == {t["ticket_id"] for t in good}
+    dead = _collect(serve_settings, serve_settings.kafka.dead_letter_topic, f"{run}-bad", len(poison), 60)
+    reasons = {r["key"]: r["headers"]["reason"] for r in dead}
+    assert set(reasons) == {key.decode() for key, _ in poison}
+    assert "not JSON" in reasons[f"{run}-bad-json"] and "expected a JSON object" in reasons[f"{run}-bad-array"]
+    assert "customer_id" in reasons[f"{run}-bad-missing"] and "customer_id" in reasons[f"{run}-bad-type"]
+    assert "empty" in reasons[f"{run}-bad-empty"] and "20001 characters" in reasons[f"{run}-bad-long"]
+    assert next(r for r in dead if r["key"] == f"{run}-bad-json")["value"] == "{not json"  # original bytes kept
+
+    # Outputs carry model version and source, and equal in-process scoring of the same tickets.
+    registry = Registry(serve_settings.model.registry_dir)
+    predictor = Predictor(registry.load("triage:production", ["int8"]), "int8")
+    expected = score_tickets(predictor, attach_online_features(Features(serve_settings), pd.DataFrame(good)))
+    for ticket, want in zip(good, expected.records(), strict=True):
+        record = by_id[ticket["ticket_id"]]
+        assert record["headers"]["model_version"] == "1" and record["headers"]["source"].startswith("tickets/")
+        assert record["value"]["category"] == want["category"]
+        assert abs(record["value"]["priority"] - want["priority"]) < 1e-6
+    assert _stream(url)["stats"]["dead_letters"] >= len(poison)
+
+
+def test_killing_a_stream_replica_loses_no_ticket(serve_settings: Settings, url: str, run: str) -> None:
+    tickets = _tickets(serve_settings, run, 300)
+    messages = [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in tickets]
+    sender = threading.Thread(target=_send, args=(serve_settings, messages, 60.0))
+    sender.start()
+    time.sleep(1.5)
+    victim = _stream(url)["replica_pid"]
+    os.kill(victim, signal.SIGKILL)  # no goodbye: no commit, no group leave
+    sender.join()
+    outputs = _collect(serve_settings, serve_settings.kafka.output_topic, run, len(tickets), 240)
+    assert {r["key"] for r in outputs} == {t["ticket_id"] for t in tickets}  # duplicates allowed, losses not
+    deadline = time.monotonic() + 60
+    while _stream(url).get("replica_pid") in (None, victim):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_the_stream_survives_a_broker_restart(serve_settings: Settings, url: str, run: str) -> None:
+    before = _stream(url)["replica_pid"]
+    stack.restart_kafka(serve_settings)  # memory storage: topics and group offsets are gone, recreated empty
+    tickets = _tickets(serve_settings, run, 30)
+    deadline = time.monotonic() + 120
+    while True:  # the first sends may race the broker coming back
+        try:
+            _send(serve_settings, [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in tickets])
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(2)
+    outputs = _collect(serve_settings, serve_settings.kafka.output_topic, run, len(tickets), 180)
+    assert {r["key"] for r in outputs} == {t["ticket_id"] for t in tickets}
+    status = _stream(url)
+    assert status["replica_pid"] == before  # reconnected by itself, not restarted by Serve
+    assert status["stats"]["errors"] >= 0

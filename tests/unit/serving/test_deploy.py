@@ -1,0 +1,57 @@
+"""deploy/serve.yaml is a valid Serve config, and what `serve up` deploys is that file plus the local facts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from unison.config import load_settings
+from unison.ops.stack import Endpoints
+from unison.serving import deploy
+from unison.serving.app import INGRESS, MODEL, STREAM, AppArgs
+from unison.serving.model import ModelUserConfig
+from unison.serving.routing import RoutingConfig
+from unison.streaming.consumer import StreamConfig
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_file_is_a_serve_config_with_unison_parts() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    (application,) = schema.applications
+    assert application.import_path == "unison.serving.app:build"
+    AppArgs.model_validate(application.args)  # Unison's own parts validate too
+    deployments = {d.name: d for d in application.deployments}
+    assert set(deployments) == {INGRESS, MODEL, STREAM}
+    StreamConfig.model_validate(deployments[STREAM].user_config)
+    ModelUserConfig.model_validate(deployments[MODEL].user_config)
+    RoutingConfig.model_validate(deployments[INGRESS].user_config)
+    for d in deployments.values():  # bounded queues: overload answers 503 instead of waiting without bound
+        assert d.max_queued_requests > 0 and d.max_ongoing_requests > 0
+    batching = ModelUserConfig.model_validate(deployments[MODEL].user_config)
+    assert deployments[MODEL].max_ongoing_requests >= 2 * batching.max_batch_size
+
+
+def test_render_fills_in_address_environment_and_overrides(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path / "state", serving={"config_file": ROOT / "deploy" / "serve.yaml"})
+    stack = Endpoints(ray_address="10.0.0.1:6380", ray_dashboard_url="http://10.0.0.1:8266",
+                      kafka_bootstrap_servers="10.0.0.1:9093")
+    config = deploy.render(settings, stack, 18123, overrides={MODEL: {"max_queued_requests": 2}})
+    assert config["http_options"]["port"] == 18123
+    env = config["applications"][0]["runtime_env"]["env_vars"]
+    assert env["UNISON_KAFKA__BOOTSTRAP_SERVERS"] == "10.0.0.1:9093"
+    assert Path(env["UNISON_MODEL__REGISTRY_DIR"]).is_absolute()
+    model = next(d for d in config["applications"][0]["deployments"] if d["name"] == MODEL)
+    assert model["max_queued_requests"] == 2
+    ServeDeploySchema.model_validate(config)
+
+
+def test_render_refuses_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "serve.yaml"
+    bad.write_text(yaml.safe_dump({"applications": [{"name": "x", "import_path": "no_colon_here"}]}))
+    with pytest.raises(deploy.ServeError, match="invalid Serve config"):
+        deploy.render(load_settings(serving={"config_file": bad}), None, 8000)
+    with pytest.raises(deploy.ServeError, match="does not exist"):
+        deploy.render(load_settings(serving={"config_file": tmp_path / "missing.yaml"}), None, 8000)

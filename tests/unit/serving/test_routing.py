@@ -1,0 +1,59 @@
+"""Version routing: aliases, exact versions, canary splits, and the 404 messages that name what exists."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from unison.model import Registry
+from unison.serving.routing import Router, UnknownModel
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    for name, versions in (("triage", ["1", "2", "3"]), ("spam", ["1"])):
+        for version in versions:
+            (tmp_path / name / version).mkdir(parents=True)
+    (tmp_path / "triage" / "aliases.json").write_text(json.dumps({"production": "2", "staging": "3"}))
+    return Registry(tmp_path)
+
+
+def test_aliases_versions_and_defaults(registry: Registry) -> None:
+    router = Router(registry, "triage")
+    assert router.resolve().model_id == "triage:2"
+    assert router.resolve("triage", "3").model_id == "triage:3"
+    assert router.resolve("triage", "staging").model_id == "triage:3"
+    assert router.resolve("triage", "latest").model_id == "triage:3"
+    assert router.resolve("spam").model_id == "spam:1"  # no production alias: the latest version
+
+
+@pytest.mark.parametrize(("name", "tag", "message"), [
+    ("nope", None, "unknown model 'nope'; models: spam, triage"),
+    ("triage", "9", "no version '9'; versions: 1, 2, 3; aliases: production->2, staging->3"),
+    ("triage", "beta", "no alias 'beta'"),
+])
+def test_unknown_names_say_what_exists(registry: Registry, name: str, tag: str | None, message: str) -> None:
+    with pytest.raises(UnknownModel, match=message):
+        Router(registry, "triage").resolve(name, tag)
+
+
+def test_canary_split_and_pinned_versions(registry: Registry) -> None:
+    router = Router(registry, "triage", rng=random.Random(3))
+    router.configure({"canaries": {"triage": {"version": "3", "weight": 0.25}}})
+    picks = [router.resolve() for _ in range(4000)]
+    share = sum(p.version == "3" for p in picks) / len(picks)
+    assert abs(share - 0.25) < 0.03 and all(p.canary == (p.version == "3") for p in picks)
+    assert {router.resolve("triage", "2").version for _ in range(50)} == {"2"}  # pinned: never split
+    with pytest.raises(UnknownModel, match="version 7 is not registered"):
+        router.configure({"canaries": {"triage": {"version": "7", "weight": 0.1}}})
+
+
+def test_a_promote_is_seen_after_the_alias_ttl(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unison.serving.routing as routing
+
+    monkeypatch.setattr(routing, "ALIAS_TTL_S", 0.0)
+    router = Router(registry, "triage")
+    assert router.resolve().version == "2"
+    (registry.root / "triage" / "aliases.json").write_text(json.dumps({"production": "3"}))
+    assert router.resolve().version == "3"
