@@ -822,6 +822,32 @@ def stream_produce(
     console.print(f"  {sent:,} tickets sent to {topic or settings.kafka.input_topic} at {address}")
 
 
+@stream_app.command("events")
+def stream_events(
+    limit: Annotated[int, typer.Option(help="How many events to send.")] = 100,
+    rate: Annotated[float | None, typer.Option(help="Events per second. Default: as fast as the broker "
+                                                    "takes them.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: which customers, how their activity moves.")] = 0,
+) -> None:
+    """Send customer activity updates to the feature-events topic (kafka.feature_events_topic); the
+    FeatureEventConsumer deployment pushes them into Feast, and the next predictions read them.
+
+    Each event is a random customer's snapshot from <data.dir>/customer_activity.parquet, moved a little and
+    stamped now. Watch them land: `unison stream tail customer-events.dlq` for rejects, GET /v1/stream/events.
+    """
+    from unison.streaming.tools import feature_event_messages, produce
+
+    settings = _settings()
+    path = settings.data.dir / "customer_activity.parquet"
+    if not path.is_file():
+        _fail(f"{path} does not exist; run `unison data generate`", code=2)
+    address = _kafka_address(settings)
+    topic = settings.kafka.feature_events_topic
+    sent = produce(settings.kafka, address, feature_event_messages(path, limit, seed), topic, rate,
+                   progress=lambda n, s: console.print(f"  {n:,} sent ({n / max(s, 1e-9):,.0f}/s)"))
+    console.print(f"  {sent:,} events sent to {topic} at {address}")
+
+
 @stream_app.command("tail")
 def stream_tail(
     topic: Annotated[str, typer.Argument(help="Topic to print, e.g. predictions or tickets.dlq.")],

@@ -102,6 +102,8 @@ def serve_settings(platform_settings: Settings, serving_registry: Registry,
     broken = json.loads(json.dumps(config["applications"][0]))
     broken.update(name="broken", route_prefix="/broken")
     broken["args"]["model"] = "broken:1"
+    broken["args"]["feature_events"] = False  # one feature-event consumer per feature store
+    broken["deployments"] = [d for d in broken["deployments"] if d["name"] != "FeatureEventConsumer"]
     for deployment in broken["deployments"]:  # keep the second application small (2 logical CPUs in all)
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 1

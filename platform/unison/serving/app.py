@@ -17,11 +17,12 @@ from ray.serve import Application
 from unison.serving.ingress import Ingress
 from unison.serving.model import ModelServer
 from unison.serving.schema import ApiLimits
-from unison.streaming.deployment import StreamConsumer
+from unison.streaming.deployment import FeatureEventConsumer, StreamConsumer
 
 INGRESS = "Ingress"
 MODEL = "Model"
 STREAM = "StreamConsumer"
+EVENTS = "FeatureEventConsumer"
 
 
 class AppArgs(ApiLimits):
@@ -33,6 +34,9 @@ class AppArgs(ApiLimits):
                                                         "`model.name:model.alias` (UNISON_MODEL__*).")
     variant: Literal["fp32", "int8", "fp16"] | None = Field(
         default=None, description="Artifact variant. Empty: the configured `model.variant`.")
+    feature_events: bool = Field(default=True, description="Run the feature-event deployment (customer events "
+                                                           "from Kafka into Feast). One application per feature "
+                                                           "store needs it; drop its deployment when off.")
 
     def limits(self) -> dict[str, Any]:
         return ApiLimits.model_validate(self.model_dump(include=set(ApiLimits.model_fields))).model_dump()
@@ -47,6 +51,8 @@ model_deployment = serve.deployment(
 )
 stream_deployment = serve.deployment(StreamConsumer, name=STREAM, num_replicas=1, max_ongoing_requests=8,
                                      graceful_shutdown_timeout_s=20)
+events_deployment = serve.deployment(FeatureEventConsumer, name=EVENTS, num_replicas=1, max_ongoing_requests=8,
+                                     user_config={}, graceful_shutdown_timeout_s=20)
 ingress_deployment = serve.deployment(Ingress, name=INGRESS, max_ongoing_requests=64, max_queued_requests=256,
                                       user_config={"canaries": {}})
 
@@ -58,4 +64,5 @@ def build(args: dict[str, Any] | BaseModel | None = None) -> Application:
     parsed = AppArgs.model_validate(args or {})
     model = model_deployment.bind(parsed.model, parsed.variant)
     stream = stream_deployment.bind(parsed.model, parsed.variant)
-    return ingress_deployment.bind(model, parsed.limits(), parsed.model, stream)
+    events = events_deployment.bind() if parsed.feature_events else None
+    return ingress_deployment.bind(model, parsed.limits(), parsed.model, stream, events)

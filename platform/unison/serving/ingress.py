@@ -112,7 +112,7 @@ class Ingress:
     that version as Serve's multiplexed model id, and shapes answers for /v1 and /v2."""
 
     def __init__(self, model: Any, limits: dict[str, Any] | None = None, default_model: str | None = None,
-                 stream: Any = None) -> None:
+                 stream: Any = None, events: Any = None) -> None:
         from ray.serve.metrics import Counter, Histogram
 
         from unison.config import load_settings
@@ -122,6 +122,7 @@ class Ingress:
         settings = load_settings()
         self.model = model
         self.stream = stream
+        self.events = events
         self.limits = ApiLimits.model_validate(limits or {})
         _limits["current"] = self.limits
         default = default_model or f"{settings.model.name}:{settings.model.alias}"
@@ -237,6 +238,13 @@ class Ingress:
         if self.stream is None:
             raise RequestError(404, "this application has no streaming deployment")
         return dict(await self._call(self.stream.status.remote(), self.limits.request_timeout_s))
+
+    @app.get("/v1/stream/events", summary="The feature-event deployment: one replica's consumer loop (events "
+                                          "pushed into Feast, dead letters, newest event time)")
+    async def feature_events_status(self) -> dict[str, Any]:
+        if self.events is None:
+            raise RequestError(404, "this application has no feature-event deployment")
+        return dict(await self._call(self.events.status.remote(), self.limits.request_timeout_s))
 
     # ------------------------------------------------------------------------------------------ /v2 (OIP)
 

@@ -1,5 +1,7 @@
-"""The streaming loop: a consumer-group member that scores tickets from the input topic into the output topic.
+"""The streaming loops: consumer-group members that poll a topic, handle each batch, and commit.
 
+`TopicConsumer` is the loop both streaming deployments share; `TicketStream` scores tickets from the input
+topic into the output topic, and `unison.streaming.events.FeatureEventStream` pushes feature events into Feast.
 At-least-once: for each polled batch, results (and dead letters) are produced and the producer is flushed --
 every record acknowledged by the broker -- before the batch's offsets are committed. A crash between produce
 and commit replays the batch (duplicate outputs, never lost ones); every output carries its input's topic,
@@ -28,20 +30,29 @@ log = logging.getLogger("unison.streaming")
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
-class StreamConfig(BaseModel):
-    """The streaming deployment's `user_config`."""
+class ConsumerConfig(BaseModel):
+    """What every consumer loop's `user_config` has."""
 
     model_config = ConfigDict(extra="forbid")
 
-    group_id: str = Field(default="unison-scorer", description="Kafka consumer group shared by every replica.")
-    max_poll_records: int = Field(default=64, ge=1, le=5000, description="Most records scored per poll (one "
-                                                                           "feature lookup and Predictor call).")
+    group_id: str = Field(description="Kafka consumer group shared by every replica.")
+    max_poll_records: int = Field(default=64, ge=1, le=5000, description="Most records handled per poll (one "
+                                                                           "feature lookup, one model or store "
+                                                                           "call).")
     poll_timeout_ms: int = Field(default=500, ge=10, description="How long one poll waits for records.")
-    max_text_chars: int = Field(default=20_000, ge=1, description="Longer subject + body goes to the DLQ.")
     session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")
     max_poll_interval_ms: int = Field(default=60_000, ge=1000,
                                       description="Longest gap between polls before the group rebalances "
                                                   "(also kafka-python's rebalance timeout).")
+
+
+class StreamConfig(ConsumerConfig):
+    """The ticket-scoring deployment's `user_config`."""
+
+    group_id: str = Field(default="unison-scorer", description="Kafka consumer group shared by every replica.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="Longer subject + body goes to the DLQ.")
+    lag_interval_s: float = Field(default=2.0, gt=0, le=60,
+                                  description="How often a replica reads the group's lag (metric and autoscaling).")
 
 
 @dataclass
@@ -49,6 +60,7 @@ class StreamStats:
     polls: int = 0
     records: int = 0
     scored: int = 0
+    pushed: int = 0
     dead_letters: int = 0
     commits: int = 0
     errors: int = 0
@@ -57,7 +69,7 @@ class StreamStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"polls": self.polls, "records": self.records, "scored": self.scored,
+        return {"polls": self.polls, "records": self.records, "scored": self.scored, "pushed": self.pushed,
                 "dead_letters": self.dead_letters, "commits": self.commits, "errors": self.errors,
                 "seconds_since_poll": time.monotonic() - self.last_poll if self.last_poll else None,
                 "last_error": self.last_error, "dead_letter_reasons": dict(self.reasons)}
@@ -89,20 +101,28 @@ def decode(value: bytes | None, max_text_chars: int) -> tuple[Ticket | None, str
 Scorer = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, str]]]
 
 
-class TicketStream:
-    """One consumer-group member. `score(tickets)` returns one result per ticket plus common headers."""
+class TopicConsumer:
+    """One consumer-group member: poll, `handle` the batch (its sends and dead letters), flush, check every
+    acknowledgement, commit. Subclasses implement `handle`."""
 
-    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: StreamConfig, score: Scorer) -> None:
+    name = "stream"
+
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: ConsumerConfig, topic: str,
+                 dead_letter_topic: str) -> None:
         self.kafka = kafka
         self.bootstrap_servers = bootstrap_servers
         self.config = config
-        self.score = score
+        self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
         self._producer: Any = None
         self._sent: list[Any] = []
+
+    def handle(self, records: list[Any]) -> None:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ clients
 
@@ -112,10 +132,10 @@ class TicketStream:
         options = self.kafka.client_options()
         client_id = options.pop("client_id")
         self._producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=2,
-                                       retries=5, client_id=f"{client_id}-stream-producer", **options)
+                                       retries=5, client_id=f"{client_id}-{self.name}-producer", **options)
         self._consumer = KafkaConsumer(
-            self.kafka.input_topic, bootstrap_servers=self.bootstrap_servers, group_id=self.config.group_id,
-            client_id=f"{client_id}-stream-consumer", enable_auto_commit=False, auto_offset_reset="earliest",
+            self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.config.group_id,
+            client_id=f"{client_id}-{self.name}-consumer", enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.config.max_poll_records, session_timeout_ms=self.config.session_timeout_ms,
             heartbeat_interval_ms=max(self.config.session_timeout_ms // 4, 500),
             max_poll_interval_ms=self.config.max_poll_interval_ms, **options,
@@ -133,7 +153,7 @@ class TicketStream:
     # ------------------------------------------------------------------------------------------ loop
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="unison-stream", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"unison-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -151,21 +171,21 @@ class TicketStream:
             try:
                 if self._consumer is None:
                     self._connect()
-                    log.info("consuming %s as group %s", self.kafka.input_topic, self.config.group_id)
+                    log.info("consuming %s as group %s", self.topic, self.config.group_id)
                 self.step()
                 backoff = 0.5
-            except Exception as exc:  # broker gone, rebalance failure, ...: reconnect with backoff
+            except Exception as exc:  # broker gone, rebalance failure, store down: reconnect with backoff
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("stream error (%s); reconnecting in %.1f s", self.stats.last_error, backoff)
+                log.warning("%s error (%s); reconnecting in %.1f s", self.name, self.stats.last_error, backoff)
                 self._close()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._close()
-        log.info("stream stopped")
+        log.info("%s stopped", self.name)
 
     def step(self) -> int:
-        """Poll once, score, produce, flush, commit. Returns the number of records handled."""
+        """Poll once, handle, flush, commit. Returns the number of records handled."""
         from kafka.structs import OffsetAndMetadata
 
         polled = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms,
@@ -175,33 +195,8 @@ class TicketStream:
         records = [record for batch in polled.values() for record in batch]
         if not records:
             return 0
-        self._sent: list[Any] = []
-        good: list[tuple[Any, Ticket]] = []
-        for record in records:
-            ticket, reason = decode(record.value, self.config.max_text_chars)
-            if ticket is None:
-                self._dead_letter(record, reason or "invalid")
-            else:
-                good.append((record, ticket))
-        if good:
-            started = time.perf_counter()
-            results, headers = self.score([t.model_dump(exclude={"created_at"}) for _, t in good])
-            latency_ms = (time.perf_counter() - started) * 1000
-            for (record, ticket), result in zip(good, results, strict=True):
-                if "error" in result:
-                    # Unscorable for a reason of the ticket itself (the model refused it): dead-letter it.
-                    self._dead_letter(record, str(result["error"]))
-                    continue
-                waited_ms = time.time() * 1000 - record.timestamp if record.timestamp and record.timestamp > 0 else -1
-                self._sent.append(self._producer.send(
-                    self.kafka.output_topic, key=ticket.ticket_id.encode(),
-                    value=json.dumps(result).encode(),
-                    headers=[*((k, v.encode()) for k, v in headers.items()),
-                             ("latency_ms", f"{latency_ms:.1f}".encode()),
-                             ("event_latency_ms", f"{waited_ms:.1f}".encode()),
-                             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode())],
-                ))
-                self.stats.scored += 1
+        self._sent = []
+        self.handle(records)
         self._producer.flush()
         for future in self._sent:  # every output and dead letter acknowledged before the offsets move;
             future.get(timeout=30)  # a failed send raises here, nothing is committed, the batch is replayed
@@ -211,12 +206,55 @@ class TicketStream:
         self.stats.records += len(records)
         return len(records)
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self._sent.append(self._producer.send(topic, key=key, value=value, headers=headers))
+
+    def dead_letter(self, record: Any, reason: str) -> None:
+        """The original bytes to the dead-letter topic, with the reason and where they came from."""
         self.stats.dead_letters += 1
         kind = reason.split(":", 1)[0][:60]
         self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
-        self._sent.append(self._producer.send(
-            self.kafka.dead_letter_topic, key=record.key, value=record.value,
-            headers=[("reason", reason.encode()),
-                     ("source", f"{record.topic}/{record.partition}/{record.offset}".encode())],
-        ))
+        self.send(self.dead_letter_topic, record.key, record.value,
+                  [("reason", reason.encode()), ("source", source(record).encode())])
+
+
+def source(record: Any) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class TicketStream(TopicConsumer):
+    """Scores tickets into the output topic. `score(tickets)` returns one result per ticket plus common
+    headers."""
+
+    name = "stream"
+
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: StreamConfig, score: Scorer) -> None:
+        super().__init__(kafka, bootstrap_servers, config, kafka.input_topic, kafka.dead_letter_topic)
+        self.config: StreamConfig = config
+        self.score = score
+
+    def handle(self, records: list[Any]) -> None:
+        good: list[tuple[Any, Ticket]] = []
+        for record in records:
+            ticket, reason = decode(record.value, self.config.max_text_chars)
+            if ticket is None:
+                self.dead_letter(record, reason or "invalid")
+            else:
+                good.append((record, ticket))
+        if not good:
+            return
+        started = time.perf_counter()
+        results, headers = self.score([t.model_dump(exclude={"created_at"}) for _, t in good])
+        latency_ms = (time.perf_counter() - started) * 1000
+        for (record, ticket), result in zip(good, results, strict=True):
+            if "error" in result:
+                # Unscorable for a reason of the ticket itself (the model refused it): dead-letter it.
+                self.dead_letter(record, str(result["error"]))
+                continue
+            waited_ms = time.time() * 1000 - record.timestamp if record.timestamp and record.timestamp > 0 else -1
+            self.send(self.kafka.output_topic, ticket.ticket_id.encode(), json.dumps(result).encode(),
+                      [*((k, v.encode()) for k, v in headers.items()),
+                       ("latency_ms", f"{latency_ms:.1f}".encode()),
+                       ("event_latency_ms", f"{waited_ms:.1f}".encode()),
+                       ("source", source(record).encode())])
+            self.stats.scored += 1

@@ -1,10 +1,16 @@
-"""The streaming deployment: each Serve replica is one member of the Kafka consumer group on the input topic.
+"""The streaming deployments: each Serve replica is one member of a Kafka consumer group.
+
+`StreamConsumer` scores tickets from the input topic; `FeatureEventConsumer` pushes customer activity events
+into Feast (`unison.streaming.events`). For the scorer:
 
 Partitions spread over the replicas and move when replicas come and go (Kafka's group rebalance). The loop runs
 in a thread started after the replica is constructed (`reconfigure`, which Serve calls with the `user_config`),
 and stops cleanly -- leaving the group -- when Serve shuts the replica down. Scoring is the one scoring step
 (online features for the whole poll in one lookup, the one transform, the Predictor); the served version follows
-the registry alias (re-read every few seconds), so a promote reaches the stream too.
+the registry alias (re-read every few seconds), so a promote reaches the stream too. Every few seconds a replica
+reads its group's lag (without joining or disturbing the group), exports it as the `unison_kafka_consumer_lag`
+gauge per partition, and reports it to Serve's autoscaler (`record_autoscaling_stats`) for the lag-based policy
+in `unison.streaming.autoscaling`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import pandas as pd
 
 from unison.config import Settings, load_settings
 from unison.streaming.consumer import StreamConfig, TicketStream
+from unison.streaming.events import FeatureEventConfig, FeatureEventStream
+from unison.streaming.lag import LagReader
 
 log = logging.getLogger("unison.streaming")
 
@@ -54,10 +62,12 @@ class StreamConsumer:
             log.error("%s; the consumer waits until it can", self.load_error)
         self.stream: TicketStream | None = None
         self.config = StreamConfig()
-        self.disabled: str | None = None
-        if not self.settings.kafka.bootstrap_servers:
-            self.disabled = "no Kafka broker configured (kafka.bootstrap_servers); streaming is off"
-            log.warning("%s", self.disabled)
+        self.disabled = _disabled(self.settings)
+        self.lag: dict[str, float] = {}  # the last read: total lag and partition count
+        self.lag_error: str | None = None
+        self._lag_stop = threading.Event()
+        self._lag_thread: threading.Thread | None = None
+        self._lag_gauge: Any = None
 
     def _load(self) -> None:
         from unison.model import Predictor
@@ -81,13 +91,46 @@ class StreamConsumer:
         if self.stream is not None and parsed == self.config and self.stream.alive:
             return
         self.config = parsed
-        if self.disabled or self.load_error:
+        if self.disabled:
+            return
+        if self._lag_thread is None:  # lag is worth reporting even while the model cannot load
+            self._lag_thread = threading.Thread(target=self._watch_lag, name="unison-lag", daemon=True)
+            self._lag_thread.start()
+        if self.load_error:
             return
         if self.stream is not None:
             self.stream.stop()
         assert self.settings.kafka.bootstrap_servers is not None
         self.stream = TicketStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed, self._score)
         self.stream.start()
+
+    def _watch_lag(self) -> None:
+        from ray.util.metrics import Gauge
+
+        self._lag_gauge = Gauge("unison_kafka_consumer_lag", description="Records in a partition not yet "
+                                "committed by the consumer group (end offset - committed offset).",
+                                tag_keys=("group", "topic", "partition"))
+        assert self.settings.kafka.bootstrap_servers is not None
+        reader = LagReader(self.settings.kafka, self.settings.kafka.bootstrap_servers)
+        while not self._lag_stop.wait(self.config.lag_interval_s):
+            try:
+                rows = reader.read(self.config.group_id)
+            except Exception as exc:  # broker away: keep the last figures, say so, retry next time
+                self.lag_error = f"{type(exc).__name__}: {exc}"
+                continue
+            self.lag_error = None
+            for row in rows:
+                self._lag_gauge.set(row.lag, tags={"group": row.group, "topic": row.topic,
+                                                   "partition": str(row.partition)})
+            self.lag = {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows)),
+                        "read_at": time.time()}
+        reader.close()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics hook: the group's lag and the input topic's partition count."""
+        if not self.lag or time.time() - self.lag["read_at"] > max(30.0, 5 * self.config.lag_interval_s):
+            return {}  # nothing (recent) read: the policy holds rather than acting on a stale figure
+        return {"lag": self.lag["lag"], "partitions": self.lag["partitions"]}
 
     def _score(self, tickets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         from unison.model.predictor import PredictorInputError
@@ -150,7 +193,83 @@ class StreamConsumer:
         return {"replica_pid": os.getpid(), "disabled": self.disabled, "load_error": self.load_error,
                 "config": self.config.model_dump(),
                 "model_version": getattr(self.predictor, "version", None),
+                "lag": {k: v for k, v in self.lag.items() if k != "read_at"}, "lag_error": self.lag_error,
                 "stats": self.stream.stats.as_dict() if self.stream is not None else None}
+
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
+        lag_stop = getattr(self, "_lag_stop", None)
+        if lag_stop is not None:
+            lag_stop.set()
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.stop()
+
+
+def _disabled(settings: Settings) -> str | None:
+    if settings.kafka.bootstrap_servers:
+        return None
+    reason = "no Kafka broker configured (kafka.bootstrap_servers); streaming is off"
+    log.warning("%s", reason)
+    return reason
+
+
+class FeatureEventConsumer:
+    """A Serve deployment class: one member of the feature-event consumer group per replica."""
+
+    def __init__(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.settings: Settings = load_settings()
+        self.config = FeatureEventConfig()
+        self.stream: FeatureEventStream | None = None
+        self.features: Any = None
+        self.store_error: str | None = None
+        self._attempted = 0.0
+        self.disabled = _disabled(self.settings)
+        self._open()
+
+    def _open(self) -> None:
+        from unison.features.store import Features
+
+        self._attempted = time.monotonic()
+        try:
+            self.features = Features(self.settings)
+            self.store_error = None
+        except Exception as exc:  # do not consume what cannot be pushed; retried from check_health
+            self.store_error = f"feature store unavailable: {type(exc).__name__}: {exc}"
+            log.error("%s; the consumer waits until it is", self.store_error)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply `user_config`; (re)start the consumer loop with it."""
+        parsed = FeatureEventConfig.model_validate(config or {})
+        if self.stream is not None and parsed == self.config and self.stream.alive:
+            return
+        self.config = parsed
+        if self.disabled or self.features is None:
+            return
+        if self.stream is not None:
+            self.stream.stop()
+        assert self.settings.kafka.bootstrap_servers is not None
+        self.stream = FeatureEventStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed,
+                                         self.features.push)
+        self.stream.start()
+
+    async def check_health(self) -> None:
+        """Raise when the consumer loop died (Serve replaces the replica); retry an unavailable store."""
+        if self.features is None and time.monotonic() - self._attempted >= RETRY_LOAD_S:
+            await asyncio.to_thread(self._open)
+            if self.features is not None:
+                self.reconfigure(self.config.model_dump())
+        if self.disabled is None and self.stream is not None and not self.stream.alive:
+            raise RuntimeError("the feature-event loop is not running")
+
+    def status(self) -> dict[str, Any]:
+        stream = self.stream
+        return {"replica_pid": os.getpid(), "disabled": self.disabled, "store_error": self.store_error,
+                "config": self.config.model_dump(), "topic": self.settings.kafka.feature_events_topic,
+                "newest_event": stream.newest_event.isoformat() if stream and stream.newest_event is not None
+                else None,
+                "last_push_seconds": stream.last_push_seconds if stream else None,
+                "stats": stream.stats.as_dict() if stream is not None else None}
 
     def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
         stream = getattr(self, "stream", None)

@@ -24,27 +24,46 @@ class PartitionLag:
     lag: int
 
 
-def consumer_lag(kafka: KafkaConfig, bootstrap_servers: str, group: str,
-                 topics: list[str] | None = None) -> list[PartitionLag]:
-    """Lag of `group` on `topics` (default: the input topic), one row per partition, sorted."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+class LagReader:
+    """Keeps an admin client and a group-less reader open, for repeated reads (a metric, autoscaling)."""
 
-    options = kafka.client_options()
-    client_id = options.pop("client_id")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-lag", **options)
-    reader = KafkaConsumer(bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-lag-reader",
-                           enable_auto_commit=False, **options)
-    try:
-        wanted = topics or [kafka.input_topic]
-        partitions = []
-        for topic in wanted:
-            ids = reader.partitions_for_topic(topic)
-            if not ids:
-                raise ValueError(f"topic {topic!r} does not exist on {bootstrap_servers}")
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        committed = admin.list_group_offsets({group: partitions}).get(group, {})
-        starts = reader.beginning_offsets(partitions)
-        ends = _high_watermarks(reader, partitions)
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str) -> None:
+        self.kafka = kafka
+        self.bootstrap_servers = bootstrap_servers
+        self._admin: Any = None
+        self._reader: Any = None
+
+    def _connect(self) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        options = self.kafka.client_options()
+        client_id = options.pop("client_id")
+        self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=f"{client_id}-lag",
+                                       **options)
+        self._reader = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id=f"{client_id}-lag-reader",
+                                     enable_auto_commit=False, **options)
+
+    def read(self, group: str, topics: list[str] | None = None) -> list[PartitionLag]:
+        """Lag of `group` on `topics` (default: the input topic), one row per partition, sorted. A failure
+        closes the clients (the next read reconnects) and raises."""
+        from kafka import TopicPartition
+
+        if self._admin is None:
+            self._connect()
+        try:
+            wanted = topics or [self.kafka.input_topic]
+            partitions = []
+            for topic in wanted:
+                ids = self._reader.partitions_for_topic(topic)
+                if not ids:
+                    raise ValueError(f"topic {topic!r} does not exist on {self.bootstrap_servers}")
+                partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+            committed = self._admin.list_group_offsets({group: partitions}).get(group, {})
+            starts = self._reader.beginning_offsets(partitions)
+            ends = _high_watermarks(self._reader, partitions)
+        except Exception:
+            self.close()
+            raise
         rows = []
         for tp in partitions:
             meta = committed.get(tp)
@@ -52,9 +71,25 @@ def consumer_lag(kafka: KafkaConfig, bootstrap_servers: str, group: str,
             base = offset if offset is not None else starts[tp]
             rows.append(PartitionLag(group, tp.topic, tp.partition, ends[tp], offset, max(ends[tp] - base, 0)))
         return rows
+
+    def close(self) -> None:
+        for client in (self._reader, self._admin):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # a dead broker's client may fail to close; nothing to keep
+                    pass
+        self._admin = self._reader = None
+
+
+def consumer_lag(kafka: KafkaConfig, bootstrap_servers: str, group: str,
+                 topics: list[str] | None = None) -> list[PartitionLag]:
+    """One read of `group`'s lag (see `LagReader.read`)."""
+    reader = LagReader(kafka, bootstrap_servers)
+    try:
+        return reader.read(group, topics)
     finally:
         reader.close()
-        admin.close()
 
 
 def _high_watermarks(reader: Any, partitions: list[Any]) -> dict[Any, int]:

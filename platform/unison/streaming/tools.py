@@ -1,11 +1,13 @@
-"""`unison stream produce` (replay tickets into the input topic at a rate) and `unison stream tail` (print a
-topic's records as they arrive), for the demo, benchmarks and users."""
+"""`unison stream produce` (replay tickets into the input topic at a rate), `unison stream events` (customer
+activity updates into the feature-events topic) and `unison stream tail` (print a topic's records as they
+arrive), for the demo, benchmarks and users."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ def ticket_messages(path: Path, limit: int | None = None) -> Iterator[tuple[byte
             value = {k: v for k, v in row.items() if v is not None}
             yield str(row["ticket_id"]).encode(), json.dumps(value).encode()
             produced += 1
+
+
+def feature_event_messages(path: Path, limit: int, seed: int = 0) -> Iterator[tuple[bytes, bytes]]:
+    """(customer id, JSON event) for `limit` activity updates: a random customer's snapshot from a
+    customer_activity Parquet file, moved a little, stamped now -- what a product's event bus would send."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from unison.features.store import PUSH_SCHEMA
+
+    table = pq.read_table(path, columns=[c for c in PUSH_SCHEMA if c != "event_timestamp"]).to_pandas()
+    rng = np.random.default_rng(seed)
+    for i in rng.integers(0, len(table), size=limit):
+        row = table.iloc[int(i)]
+        csat = None if row["last_csat"] != row["last_csat"] else float(
+            np.clip(row["last_csat"] + rng.normal(0, 0.5), 1, 5))
+        event = {"customer_id": int(row["customer_id"]),
+                 "open_tickets": int(max(0, row["open_tickets"] + rng.integers(-1, 3))),
+                 "tickets_last_90d": int(max(0, row["tickets_last_90d"] + rng.integers(0, 3))),
+                 "last_csat": csat, "days_since_last_login": int(rng.integers(0, 3)),
+                 "event_timestamp": datetime.now(UTC).isoformat()}
+        yield str(event["customer_id"]).encode(), json.dumps(event).encode()
 
 
 def produce(kafka: KafkaConfig, bootstrap_servers: str, messages: Iterator[tuple[bytes, bytes]],

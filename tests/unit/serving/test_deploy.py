@@ -9,10 +9,12 @@ from ray.serve.schema import ServeDeploySchema
 from unison.config import load_settings
 from unison.ops.stack import Endpoints
 from unison.serving import deploy
-from unison.serving.app import INGRESS, MODEL, STREAM, AppArgs
+from unison.serving.app import EVENTS, INGRESS, MODEL, STREAM, AppArgs
 from unison.serving.model import ModelUserConfig
 from unison.serving.routing import RoutingConfig
+from unison.streaming.autoscaling import LagPolicy
 from unison.streaming.consumer import StreamConfig
+from unison.streaming.events import FeatureEventConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -24,8 +26,16 @@ def test_the_file_is_a_serve_config_with_unison_parts() -> None:
     assert application.import_path == "unison.serving.app:build"
     AppArgs.model_validate(application.args)  # Unison's own parts validate too
     deployments = {d.name: d for d in application.deployments}
-    assert set(deployments) == {INGRESS, MODEL, STREAM}
+    assert set(deployments) == {INGRESS, MODEL, STREAM, EVENTS}
     StreamConfig.model_validate(deployments[STREAM].user_config)
+    FeatureEventConfig.model_validate(deployments[EVENTS].user_config)
+    # The streaming deployment scales on lag with Unison's policy, bounded by the input topic's partitions.
+    scaling = deployments[STREAM].autoscaling_config
+    assert scaling["policy"]["policy_function"] == "unison.streaming.autoscaling:LagPolicy"
+    LagPolicy(**scaling["policy"]["policy_kwargs"])
+    partitions = {t.name: t.partitions for t in load_settings().kafka.topics}
+    assert scaling["min_replicas"] <= scaling["max_replicas"] <= partitions[load_settings().kafka.input_topic]
+    assert scaling["downscale_delay_s"] > scaling["upscale_delay_s"]
     ModelUserConfig.model_validate(deployments[MODEL].user_config)
     RoutingConfig.model_validate(deployments[INGRESS].user_config)
     for d in deployments.values():  # bounded queues: overload answers 503 instead of waiting without bound

@@ -1,0 +1,111 @@
+"""Feature events: customer activity updates from Kafka pushed into Feast (online and offline stores).
+
+Feast leaves stream ingestion to its users; this is ours. Each poll becomes one push through the feature
+view's push source (`Features.push`, which validates against the one push schema), so the scorer's next online
+lookup sees the new values. An event that does not fit the schema goes to the dead-letter topic with the reason
+and its original bytes, and the rest of the poll is still pushed. A store failure raises before the commit: the
+batch is pushed again after the reconnect (a push of the same event is idempotent online; offline it adds a
+duplicate row with the same event time, which point-in-time joins read the same way).
+
+An event, one JSON object per message (key: the customer id, optional):
+    {"customer_id": 17, "open_tickets": 3, "tickets_last_90d": 9, "last_csat": 2.5,
+     "days_since_last_login": 0, "event_timestamp": "2026-11-23T10:15:00Z"}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from unison.config import KafkaConfig
+from unison.streaming.consumer import ConsumerConfig, TopicConsumer
+
+MAX_EVENT_BYTES = 16 * 1024
+
+
+class FeatureEventConfig(ConsumerConfig):
+    """The feature-event deployment's `user_config`."""
+
+    group_id: str = Field(default="unison-feature-events", description="Kafka consumer group of the replicas.")
+    max_poll_records: int = Field(default=500, ge=1, le=5000,
+                                  description="Most events per poll: one push to the online and offline stores.")
+
+
+def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The event's fields, or the reason it cannot be pushed. Column checks are the push schema's
+    (`unison.features.store.validate_push`); this only rejects what a data frame would silently reinterpret."""
+    if value is None:
+        return None, "empty message (tombstone)"
+    if len(value) > MAX_EVENT_BYTES:
+        return None, f"message of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"not JSON: {exc}"
+    if not isinstance(payload, dict):
+        return None, f"expected a JSON object, got {type(payload).__name__}"
+    for name in ("event_timestamp", "created_timestamp"):
+        stamp = payload.get(name, "")
+        if not isinstance(stamp, str):  # a bare number would be read as nanoseconds since 1970
+            return None, f"{name}: expected an ISO-8601 string such as 2026-11-23T10:15:00Z"
+    for name, item in payload.items():
+        if name in ("event_timestamp", "created_timestamp") or item is None:
+            continue
+        if isinstance(item, bool) or not isinstance(item, (int, float)):  # no "3" or true read as numbers
+            return None, f"{name}: expected a number, got {type(item).__name__}"
+    return payload, None
+
+
+Push = Callable[[pd.DataFrame], int]
+
+
+class FeatureEventStream(TopicConsumer):
+    """Pushes each poll's valid events in one call; `push` is `Features.push`."""
+
+    name = "feature-events"
+
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: FeatureEventConfig, push: Push) -> None:
+        super().__init__(kafka, bootstrap_servers, config, kafka.feature_events_topic,
+                         kafka.feature_events_dead_letter_topic)
+        self.push = push
+        self.newest_event: pd.Timestamp | None = None
+        self.last_push_seconds: float | None = None
+
+    def handle(self, records: list[Any]) -> None:
+        from unison.features.store import PushSchemaError, validate_push
+
+        events: list[tuple[Any, dict[str, Any]]] = []
+        for record in records:
+            payload, reason = decode_event(record.value)
+            if payload is None:
+                self.dead_letter(record, reason or "invalid")
+            else:
+                events.append((record, payload))
+        if not events:
+            return
+        try:
+            validate_push(pd.DataFrame.from_records([p for _, p in events]))
+            good = events
+        except PushSchemaError:  # find the offending events; the others are still pushed
+            good = []
+            for record, payload in events:
+                try:
+                    validate_push(pd.DataFrame.from_records([payload]))
+                    good.append((record, payload))
+                except PushSchemaError as exc:
+                    self.dead_letter(record, str(exc).replace(" (row 0)", ""))
+        if not good:
+            return
+        frame = pd.DataFrame.from_records([p for _, p in good])
+        started = time.perf_counter()
+        self.push(frame)  # a store failure raises: nothing is committed, the poll is replayed
+        self.last_push_seconds = time.perf_counter() - started
+        self.stats.pushed += len(frame)
+        newest = pd.to_datetime(frame["event_timestamp"], utc=True).max()
+        if self.newest_event is None or newest > self.newest_event:
+            self.newest_event = newest
