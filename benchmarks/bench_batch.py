@@ -7,8 +7,9 @@ Starts its own embedded stack (free ports, its own state directory), builds or r
 configured registry, applies and materializes the features, then measures, side by side:
 1. raw Predictor: the same tickets, features already joined, transform + `Predictor.predict` in this process;
 2. the batch job, submitted with Ray's job SDK to the stack (rows/s from its `_SUCCESS` manifest, i.e. including
-   actor start-up and model loading), with the peak resident memory of all the stack's processes sampled
-   every second (bounded memory = streaming execution);
+   actor start-up and model loading), with the resident memory of all the stack's processes sampled every
+   second (bounded memory = streaming execution): the peak, the level at each quarter of the run, and the trace
+   charted to benchmarks/results/batch_memory.png;
 3. a naive loop: pandas `iterrows`, Hugging Face tokenizer and PyTorch eager per ticket (the usual starting
    point), on a sample.
 Target: job >= 80% of the raw Predictor's rows/s.
@@ -83,14 +84,17 @@ def main() -> int:
     # 2. the job on the embedded stack
     stack.up(settings)
     peak = {"bytes": 0}
+    trace: list[tuple[float, int]] = []  # (seconds since submit, bytes)
     stop = threading.Event()
 
     def sample_memory() -> None:
         state = stack.load_state(settings)
+        started = time.monotonic()
         while not stop.is_set():
             total = sum(p.memory_info().rss for c in state.components.values()
                         for p in stack._component_processes(c) if p.is_running())
             peak["bytes"] = max(peak["bytes"], total)
+            trace.append((time.monotonic() - started, total))
             stop.wait(1.0)
 
     sampler = threading.Thread(target=sample_memory, daemon=True)
@@ -113,6 +117,11 @@ def main() -> int:
     print(f"batch job: {manifest['rows_out']:,} rows scored + {manifest['rows_error']} errors in "
           f"{manifest['seconds']:.0f}s = {job_rate:,.0f} rows/s end to end, {pipeline_rate:,.0f} rows/s in the "
           f"scoring pipeline; peak RSS of the stack {peak['bytes'] / 2**30:.2f} GiB", flush=True)
+    if trace:
+        quarters = [trace[min(len(trace) - 1, int(len(trace) * q))] for q in (0.25, 0.5, 0.75, 1.0)]
+        print("memory over the run (RSS of the stack's processes): " + ", ".join(
+            f"{t:.0f} s {b / 2**30:.2f} GiB" for t, b in quarters), flush=True)
+        _chart_memory(trace, manifest["rows_out"], ROOT / "benchmarks" / "results" / "batch_memory.png")
 
     # 3. naive pandas + PyTorch loop
     import torch
@@ -146,6 +155,24 @@ def main() -> int:
         ratio = rate / raw
         print(f"job ({label}) / raw Predictor = {ratio:.2f} (target >= 0.80): {'met' if ratio >= 0.8 else 'NOT met'}")
     return 0
+
+
+def _chart_memory(trace: list[tuple[float, int]], rows: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(9, 3.5))
+    axis.plot([t for t, _ in trace], [b / 2**30 for _, b in trace])
+    axis.set_xlabel("seconds since the job was submitted")
+    axis.set_ylabel("RSS of the stack (GiB)")
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"Batch job over {rows:,} tickets: resident memory of every stack process")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

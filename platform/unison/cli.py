@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -222,14 +222,17 @@ def demo(
     customers: Annotated[int | None, typer.Option(help="Customers. Default: `data.customers`.")] = None,
     tickets: Annotated[int | None, typer.Option(help="Tickets to score. Default: `data.tickets`.")] = None,
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the stack up for exploring.")] = False,
+    parity_sample: Annotated[int, typer.Option(help="Tickets in the parity check.")] = 500,
 ) -> None:
-    """Run the platform end to end on the embedded stack and print where everything runs.
+    """Run the platform end to end on the embedded stack: all three paths, checked against each other.
 
-    Steps: start the stack, generate the demo data, optimize and register the triage model (reused when
-    nothing changed), score a few tickets with the Predictor, apply and materialize the Feast features and
-    score tickets with online features, check that the Ray node is alive and the broker serves the
-    configured topics, then print addresses, data and next commands. The stack stops at the end unless
-    --keep-running.
+    Steps: start the stack; generate the demo data; optimize and register the triage model (reused when
+    nothing changed); apply and materialize the Feast features and score a few tickets with online features;
+    submit the batch job over every demo ticket through Ray's job API (printing the equivalent `ray job
+    submit`); start the Serve application and call /v1/predict; run the parity check (a sample through the
+    batch job, the HTTP API and the Kafka stream, compared per ticket); then print where the Ray dashboard,
+    the API docs and the metrics are, each path's throughput and the parity table. Everything stops at the
+    end unless --keep-running. Exits 1 when the paths disagree.
     """
     from unison.ops import stack
 
@@ -255,25 +258,98 @@ def demo(
         _demo_model(settings)
         console.rule("[bold]4. features")
         _demo_features(settings)
-        console.rule("[bold]5. where everything runs")
+        console.rule("[bold]5. batch: the job on Ray Data, submitted like `ray job submit`")
+        batch_rate = _demo_batch(settings)
+        console.rule("[bold]6. online: the Serve application")
+        from unison.serving import deploy
+
+        served = deploy.up(settings, progress=lambda line: console.print(f"  {line}"))
+        _demo_online(served.url, settings)
+        console.rule("[bold]7. parity: the same tickets through batch, online and streaming")
+        from unison.parity import ParityConfig, ParityError, run
+
+        try:
+            parity_report = run(settings, ParityConfig(sample=parity_sample, seed=settings.data.seed,
+                                                       working_dir=Path.cwd()),
+                                progress=lambda line: console.print(f"  {line}"))
+        except ParityError as exc:
+            _fail(str(exc))
+        _print_parity(parity_report.as_dict())
+        console.rule("[bold]8. where everything runs")
         statuses = stack.status(settings)
         _print_status(statuses)
         if any(s.health != "running" for s in statuses):
             _fail("a stack component is not healthy; see the table above")
         ep = stack.endpoints(settings)
-        console.print(f"  Ray dashboard:     {ep.ray_dashboard_url}")
-        console.print(f"  Ray GCS address:   {ep.ray_address}")
-        console.print(f"  Kafka bootstrap:   {ep.kafka_bootstrap_servers}")
+        metrics_port = stack.load_state(settings).components[stack.RAY].ports.get("metrics_export")
+        console.print(f"  Ray dashboard:     {ep.ray_dashboard_url}  (Serve and jobs tabs)")
+        console.print(f"  API docs:          {served.url}/docs   (OIP v2 under {served.url}/v2)")
+        console.print(f"  Metrics:           http://127.0.0.1:{metrics_port}/metrics  (Prometheus format; "
+                      "ray_unison_*)")
+        console.print(f"  Kafka bootstrap:   {ep.kafka_bootstrap_servers}  (topics {settings.kafka.input_topic} -> "
+                      f"{settings.kafka.output_topic})")
         console.print(f"  Demo data:         {settings.data.dir}")
         console.print(f"  State and logs:    {settings.state_dir}")
-        console.print(f"  Submit a job:      ray job submit --address {ep.ray_dashboard_url} -- python my_job.py")
+        paths = parity_report.paths
+        console.print(f"  Throughput:        batch job {batch_rate:,.0f} rows/s over all demo tickets; parity "
+                      f"sample: online {paths['online']['rows_per_second']:,.0f} tickets/s (one client), "
+                      f"stream {paths['stream']['rows_per_second']:,.0f} tickets/s end to end")
+        if not parity_report.ok:
+            _fail("the paths disagree; see the parity table above", code=1)
     finally:
         if keep_running:
-            console.print("  The stack keeps running; stop it with `unison stack down`.")
+            console.print("  The stack and the Serve app keep running; stop them with `unison serve down` and "
+                          "`unison stack down`.")
         else:
-            console.rule("[bold]stopping the stack")
+            console.rule("[bold]stopping")
+            try:
+                from unison.serving import deploy
+
+                deploy.down(settings)
+            except Exception as exc:  # nothing deployed (an earlier step failed) or already gone
+                console.print(f"  serve: {exc}")
             for line in stack.down(settings):
                 console.print(f"  {line}")
+
+
+def _demo_batch(settings: Settings) -> float:
+    from unison.batch.job import BatchJobConfig
+    from unison.batch.submit import submit
+    from unison.ops.stack import endpoints
+
+    working_dir = Path.cwd()
+    if not (working_dir / "pipelines" / "batch_predict.py").is_file():
+        _fail(f"{working_dir} has no pipelines/batch_predict.py: run the demo from the project directory")
+    output = settings.state_dir / "demo" / "predictions"
+    config = BatchJobConfig(tickets=str(settings.data.dir / "tickets.parquet"), output=str(output),
+                            model=f"{settings.model.name}:{settings.model.alias}", variant=settings.model.variant)
+    job = submit(settings, config, endpoints(settings).ray_dashboard_url, working_dir, follow=True,
+                 on_log=lambda line: None)
+    console.print(f"  the same job from a shell:\n    {job.command}")
+    if job.status != "SUCCEEDED":
+        _fail(f"batch job {job.job_id} ended {job.status}; see `ray job logs {job.job_id}`")
+    manifest = json.loads((output / "_SUCCESS").read_text())
+    console.print(f"  job {job.job_id}: {manifest['rows_out']:,} tickets scored, {manifest['rows_error']} errors, "
+                  f"{manifest['rows_per_second']:,.0f} rows/s end to end -> {output}")
+    return float(manifest["rows_per_second"])
+
+
+def _demo_online(url: str, settings: Settings) -> None:
+    import httpx
+    import pandas as pd
+
+    tickets = pd.read_parquet(settings.data.dir / "tickets.parquet",
+                              columns=["ticket_id", "customer_id", "subject", "body"]).head(3)
+    body = {"instances": [{**row, "customer_id": int(row["customer_id"])} for row in tickets.to_dict("records")]}
+    response = httpx.post(f"{url}/v1/predict", json=body, timeout=60)
+    if response.status_code != 200:
+        _fail(f"/v1/predict answered {response.status_code}: {response.text[:300]}")
+    answer = response.json()
+    console.print(f"  POST {url}/v1/predict ({answer['model_name']}:{answer['model_version']}, "
+                  f"{answer['latency_ms']['total']:.0f} ms):")
+    for prediction in answer["predictions"]:
+        console.print(f"    {prediction['ticket_id']}: {prediction['category']} "
+                      f"(p={max(prediction['probabilities'].values()):.2f}), priority {prediction['priority']:.2f}")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -598,6 +674,8 @@ def batch_submit(
     batch_size: Annotated[int, typer.Option(help="Rows per scoring call.")] = 1024,
     actors: Annotated[int | None, typer.Option(help="Scoring actors. Default: sized from the cluster.")] = None,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor.")] = 1.0,
+    join_cpus: Annotated[float, typer.Option(help="CPUs reserved per point-in-time join task (lower it to run "
+                                                  "next to a Serve application).")] = 0.5,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (fractions allowed).")] = 0.0,
     object_store_memory: Annotated[int | None, typer.Option(help="Cap on the job's object store use, "
                                                             "bytes.")] = None,
@@ -620,7 +698,8 @@ def batch_submit(
     try:
         config = BatchJobConfig(tickets=tickets, output=output, model=model, variant=variant, device=device,  # type: ignore[arg-type]
                                 batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                                gpus_per_actor=gpus_per_actor, object_store_memory_bytes=object_store_memory,
+                                join_cpus=join_cpus, gpus_per_actor=gpus_per_actor,
+                                object_store_memory_bytes=object_store_memory,
                                 run_id=run_id)
     except ValueError as exc:
         _fail(str(exc), code=2)
@@ -895,24 +974,69 @@ def stream_lag(
     console.print(f"  total lag: {sum(r.lag for r in rows):,}")
 
 
-# ---------------------------------------------------------------------------------------------- later issues
+# ---------------------------------------------------------------------------------------------- parity
 
 
-def _not_yet(name: str, what: str) -> typer.Typer:
-    """A command group whose commands are not built yet: listed in --help, and says so when used."""
-    group = typer.Typer(help=f"{what} [not available in this version yet]", invoke_without_command=True)
+@app.command("parity")
+def parity(
+    sample: Annotated[int, typer.Option(help="Tickets to score through every path (a seeded sample of the demo "
+                                             "data).")] = 500,
+    seed: Annotated[int, typer.Option(help="Which tickets; the same seed gives the same sample.")] = 0,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed difference of a probability or the priority "
+                                                  "between two paths. CPU `rows` mode is bit-identical, so the "
+                                                  "default only allows float formatting.")] = 1e-6,
+    report: Annotated[Path | None, typer.Option(help="JSON report path. Default: <state_dir>/parity/last.json.")
+                      ] = None,
+    working_dir: Annotated[Path, typer.Option(help="Project directory holding pipelines/batch_predict.py (the "
+                                                   "batch job's working dir).")] = Path("."),
+    timeout: Annotated[float, typer.Option(help="Longest wait for each path's results, in seconds.")] = 900.0,
+) -> None:
+    """Score the same tickets through the batch job, the HTTP API and the stream, and compare them.
 
-    @group.callback()
-    def _unavailable() -> None:
-        _fail(f"`unison {name}` is not available in this version yet", code=2)
+    Needs the stack and the Serve application up (`unison stack up`, `unison serve up`). Materializes the
+    features, stamps a seeded sample just after the snapshot (so the batch job's point-in-time join and the
+    online store read the same values), submits the batch job, calls /v1/predict through the Serve proxy,
+    produces to the input topic and reads the output topic. Per ticket it compares the transformed inputs
+    (digest, exactly equal), the top category, probabilities and priority (within --tolerance), and the model
+    version and feature service every path recorded. Prints the table, writes the JSON report, and exits 1 on
+    any mismatch (2 when a path could not run).
+    """
+    from unison.ops.stack import StackError
+    from unison.parity import ParityConfig, ParityError, run
+    from unison.serving.deploy import ServeError
 
-    return group
+    settings = _settings()
+    if not (working_dir / "pipelines" / "batch_predict.py").is_file():
+        _fail(f"{working_dir.resolve()} has no pipelines/batch_predict.py; pass --working-dir <project>", code=2)
+    config = ParityConfig(sample=sample, seed=seed, tolerance=tolerance, report=report,
+                          working_dir=working_dir.resolve(), timeout_s=timeout)
+    try:
+        result = run(settings, config, progress=lambda line: console.print(f"  {line}"))
+    except (ParityError, StackError, ServeError) as exc:
+        _fail(str(exc), code=2)
+    _print_parity(result.as_dict())
+    if not result.ok:
+        raise typer.Exit(1)
 
 
-for _name, _what in (
-    ("parity", "Score the same tickets on batch, online and streaming and compare them."),
-):
-    app.add_typer(_not_yet(_name, _what), name=_name)
+def _print_parity(report: dict[str, Any]) -> None:
+    paths = Table("path", "rows", "rows/s", "model", "feature service")
+    for name, info in report["paths"].items():
+        paths.add_row(name, f"{info['rows']:,}", f"{info['rows_per_second']:,.1f}", ", ".join(info["models"]),
+                      ", ".join(info["feature_services"]))
+    console.print(paths)
+    pairs = Table("paths", "missing", "inputs", "category", "probabilities", "priority", "max |dp|",
+                  "max |d priority|")
+    for name, pair in report["pairs"].items():
+        m = pair["mismatches"]
+        pairs.add_row(name.replace("~", " vs "), *(str(m[k]) for k in ("missing", "input_digest", "category",
+                                                                        "probabilities", "priority")),
+                      f"{pair['max_probability_diff']:.2e}", f"{pair['max_priority_diff']:.2e}")
+    console.print(pairs)
+    verdict = "[green]parity: all paths agree[/green]" if report["ok"] else "[red]parity: MISMATCH[/red]"
+    console.print(f"  {report['tickets']:,} tickets, tolerance {report['tolerance']:g}: {verdict}")
+    for problem in report["problems"]:
+        console.print(f"  - {problem}")
 
 
 def main() -> None:

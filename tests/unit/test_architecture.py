@@ -17,6 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "batch": {"config", "features", "model"},
     "serving": {"config", "data", "model", "features", "ops", "streaming"},
     "streaming": {"config", "model", "features", "ops"},
+    "parity": {"config", "data", "features", "model", "ops", "batch", "serving", "streaming"},
     "cli": {"*"},
 }
 

@@ -36,10 +36,12 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage: unison" in result.output
 
 
-def test_unbuilt_groups_say_so() -> None:
-    result = runner.invoke(app, ["parity"])
-    assert result.exit_code == 2
-    assert "not available in this version yet" in result.output
+def test_parity_without_a_stack_says_what_to_start(tmp_path: Path) -> None:
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "batch_predict.py").write_text("")
+    result = runner.invoke(app, ["parity", "--working-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "stack up" in result.output
 
 
 def test_invalid_configuration_exits_2_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,8 @@ class BatchJobConfig(BaseModel):
     join_batch_size: int = Field(default=20_000, ge=1, description="Rows per point-in-time join task.")
     actors: int | None = Field(default=None, ge=1, description="Scoring actors. Empty: sized from the cluster.")
     cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each scoring actor.")
+    join_cpus: float = Field(default=0.5, gt=0, description="CPUs Ray reserves for each point-in-time join task "
+                                                          "(lower it to run next to a Serve application).")
     gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per scoring actor (fractions share a GPU).")
     parallel_rows: int | None = Field(default=None, ge=1,
                                       description="Concurrent rows inside an actor. Empty: the CPUs it may use.")
@@ -152,6 +154,7 @@ class Scorer:
             "category": [labels[i] for i in probabilities.argmax(axis=1)],
             "priority": predictions.priority.astype(np.float32),
             "features_missing": scored.features_missing,
+            "input_digest": scored.input_digests(),
             "truncated": predictions.truncated,
             "model_name": self.predictor.name,
             "model_version": self.predictor.version,
@@ -251,7 +254,7 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
         # Its own tasks (a CPU share unlike the scorers', so Ray does not fuse it into the scoring actors): the
         # join of the next blocks then overlaps inference instead of pausing it.
         .map_batches(join_features, batch_format="pandas", batch_size=config.join_batch_size,
-                     fn_kwargs={"settings_json": settings_json}, num_cpus=0.5)
+                     fn_kwargs={"settings_json": settings_json}, num_cpus=config.join_cpus)
         .map_batches(Scorer, batch_format="pandas", batch_size=config.batch_size,
                      compute=ActorPoolStrategy(size=actors),
                      fn_constructor_kwargs={"settings_json": settings_json,

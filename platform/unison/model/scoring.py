@@ -7,6 +7,7 @@ else turns tickets into model inputs, so the three paths cannot compute them dif
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,13 +36,22 @@ class ScoredTickets:
     def features_missing(self) -> npt.NDArray[np.bool_]:
         return self.inputs["features_missing"].to_numpy() > 0
 
+    def input_digests(self) -> list[str]:
+        """Per row: a digest of exactly what the model read (the text and the float32 feature vector), so
+        paths can prove they fed the model identical inputs without shipping the inputs around."""
+        numeric = feature_matrix(self.inputs)
+        return [hashlib.blake2b(str(text).encode() + row.tobytes(), digest_size=8).hexdigest()
+                for text, row in zip(self.inputs["text"], numeric, strict=True)]
+
     def records(self) -> list[dict[str, Any]]:
-        """Per row: category, probabilities, priority, features_missing, tokens, truncated (JSON-ready)."""
+        """Per row: category, probabilities, priority, features_missing, tokens, truncated, input_digest
+        (JSON-ready)."""
         records = self.predictions.to_records()
-        for record, missing in zip(records, self.features_missing, strict=True):
+        for record, missing, digest in zip(records, self.features_missing, self.input_digests(), strict=True):
             record.pop("model_name", None)
             record.pop("model_version", None)
             record["features_missing"] = bool(missing)
+            record["input_digest"] = digest
         return records
 
 

@@ -60,6 +60,8 @@ class Prediction(BaseModel):
     features_missing: bool = Field(description="True when the customer had no (fresh) features in the store.")
     tokens: int = Field(description="Tokens the model read.")
     truncated: bool = Field(description="True when the text was cut at the model's token limit.")
+    input_digest: str = Field(description="Digest of the transformed inputs the model read (text and features): "
+                                          "equal on every path for equal inputs (`unison parity`).")
 
 
 class Latency(BaseModel):

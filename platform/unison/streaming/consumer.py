@@ -75,18 +75,26 @@ class StreamStats:
                 "last_error": self.last_error, "dead_letter_reasons": dict(self.reasons)}
 
 
-def decode(value: bytes | None, max_text_chars: int) -> tuple[Ticket | None, str | None]:
-    """The ticket in a message, or the reason it cannot be scored."""
+def json_object(value: bytes | None, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object in a message, or the reason there is none (every topic's first check)."""
     if value is None:
         return None, "empty message (tombstone)"
-    if len(value) > MAX_MESSAGE_BYTES:
-        return None, f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}"
+    if len(value) > max_bytes:
+        return None, f"message of {len(value)} bytes exceeds {max_bytes}"
     try:
         payload = json.loads(value)
     except (UnicodeDecodeError, ValueError) as exc:
         return None, f"not JSON: {exc}"
     if not isinstance(payload, dict):
         return None, f"expected a JSON object, got {type(payload).__name__}"
+    return payload, None
+
+
+def decode(value: bytes | None, max_text_chars: int) -> tuple[Ticket | None, str | None]:
+    """The ticket in a message, or the reason it cannot be scored."""
+    payload, reason = json_object(value, MAX_MESSAGE_BYTES)
+    if payload is None:
+        return None, reason
     try:
         ticket = Ticket.model_validate(payload)
     except ValidationError as exc:
@@ -142,10 +150,14 @@ class TopicConsumer:
         )
 
     def _close(self) -> None:
-        for client in (self._consumer, self._producer):
+        """Close both clients within a few seconds: unsent records are dropped (their poll was not committed,
+        so it is replayed), and the consumer leaves the group so its partitions move at once. Unbounded, a
+        producer closing against a broker that stopped answering waits forever and the loop hangs."""
+        closes = ((self._consumer, {"autocommit": False, "timeout_ms": 5000}), (self._producer, {"timeout": 5}))
+        for client, options in closes:
             if client is not None:
                 try:
-                    client.close()  # the consumer leaves the group: its partitions move at once
+                    client.close(**options)
                 except Exception:  # closing a client of a dead broker may fail; nothing to keep
                     log.debug("close failed", exc_info=True)
         self._consumer = self._producer = None
@@ -197,7 +209,9 @@ class TopicConsumer:
             return 0
         self._sent = []
         self.handle(records)
-        self._producer.flush()
+        # Bounded: a producer that lost its broker (or its producer id) can otherwise wait forever, and the
+        # group would evict a member that stops polling. On timeout the loop reconnects and replays the poll.
+        self._producer.flush(timeout=30)
         for future in self._sent:  # every output and dead letter acknowledged before the offsets move;
             future.get(timeout=30)  # a failed send raises here, nothing is committed, the batch is replayed
         offsets = {tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()}

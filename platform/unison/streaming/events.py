@@ -14,7 +14,6 @@ An event, one JSON object per message (key: the customer id, optional):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ import pandas as pd
 from pydantic import Field
 
 from unison.config import KafkaConfig
-from unison.streaming.consumer import ConsumerConfig, TopicConsumer
+from unison.streaming.consumer import ConsumerConfig, TopicConsumer, json_object
 
 MAX_EVENT_BYTES = 16 * 1024
 
@@ -39,16 +38,9 @@ class FeatureEventConfig(ConsumerConfig):
 def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     """The event's fields, or the reason it cannot be pushed. Column checks are the push schema's
     (`unison.features.store.validate_push`); this only rejects what a data frame would silently reinterpret."""
-    if value is None:
-        return None, "empty message (tombstone)"
-    if len(value) > MAX_EVENT_BYTES:
-        return None, f"message of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
-    try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"not JSON: {exc}"
-    if not isinstance(payload, dict):
-        return None, f"expected a JSON object, got {type(payload).__name__}"
+    payload, reason = json_object(value, MAX_EVENT_BYTES)
+    if payload is None:
+        return None, reason
     for name in ("event_timestamp", "created_timestamp"):
         stamp = payload.get(name, "")
         if not isinstance(stamp, str):  # a bare number would be read as nanoseconds since 1970
