@@ -320,8 +320,8 @@ def _demo_batch(settings: Settings) -> float:
     working_dir = Path.cwd()
     if not (working_dir / "pipelines" / "batch_predict.py").is_file():
         _fail(f"{working_dir} has no pipelines/batch_predict.py: run the demo from the project directory")
-    output = settings.state_dir / "demo" / "predictions"
-    config = BatchJobConfig(tickets=str(settings.data.dir / "tickets.parquet"), output=str(output),
+    output = (settings.state_dir / "demo" / "predictions").resolve()  # the job runs in its own working dir
+    config = BatchJobConfig(tickets=str((settings.data.dir / "tickets.parquet").resolve()), output=str(output),
                             model=f"{settings.model.name}:{settings.model.alias}", variant=settings.model.variant)
     job = submit(settings, config, endpoints(settings).ray_dashboard_url, working_dir, follow=True,
                  on_log=lambda line: None)
@@ -695,6 +695,8 @@ def batch_submit(
     from unison.ops import stack
 
     settings = _settings()
+    # The job runs in its own copy of the working dir: a relative local path must mean the same file here.
+    tickets, output = (str(Path(u).resolve()) if "://" not in u else u for u in (tickets, output))
     try:
         config = BatchJobConfig(tickets=tickets, output=output, model=model, variant=variant, device=device,  # type: ignore[arg-type]
                                 batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,

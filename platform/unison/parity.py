@@ -197,7 +197,7 @@ def run(settings: Settings, config: ParityConfig, progress: Any = print) -> Pari
     registry = Registry(settings.model.registry_dir)
     reference = f"{settings.model.name}:{settings.model.alias}"
     labels = list(registry.load(reference).manifest.labels)
-    work = settings.state_dir / "parity" / run_id
+    work = (settings.state_dir / "parity" / run_id).resolve()  # absolute: the batch job runs elsewhere
     work.mkdir(parents=True, exist_ok=True)
 
     runs = {"batch": _batch(settings, config, tickets, work, progress),
