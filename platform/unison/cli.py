@@ -159,10 +159,107 @@ def _print_status(statuses: list) -> None:  # list[ComponentStatus]; typed loose
 
 @app.command("status")
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output: {stack, drift, parity}.")] = False,
 ) -> None:
-    """One screen of operational state. Today: the stack's components (see `unison stack status`)."""
-    stack_status(as_json)
+    """One screen of operational state: the stack's components (as `unison stack status`), input drift of the
+    online and streaming paths against the model's training reference (the Serve application's last scheduled
+    check, `GET /v1/drift`), and the last parity check (`unison parity`).
+
+    Exit code 0 when every stack component runs, 1 otherwise."""
+    from unison.ops import stack
+
+    settings = _settings()
+    statuses = stack.status(settings)
+    running = all(s.health == "running" for s in statuses)
+    drift = _drift_report(settings) if running else {"error": "the stack is not running"}
+    stages = _stage_placement(settings) if running else []
+    parity_path = settings.state_dir / "parity" / "last.json"
+    last_parity = json.loads(parity_path.read_text()) if parity_path.is_file() else None
+    if as_json:
+        print(json.dumps({"stack": [asdict(s) for s in statuses], "drift": drift, "parity": last_parity,
+                          "stages": stages}, indent=2, default=str))
+    else:
+        _print_status(statuses)
+        _print_drift(drift)
+        if stages:
+            table = Table(title="Sharded model stages (one placement-group bundle each)", title_justify="left")
+            for column in ("application", "model", "stage", "bundle", "strategy", "node", "pid", "GPUs", "provider",
+                           "weights"):
+                table.add_column(column, no_wrap=True)
+            for row in stages:
+                table.add_row(row["application"], row["model"], str(row["stage"]), str(row["bundle"]),
+                              row["strategy"], row["node_id"][:12], str(row["pid"]), ",".join(row["gpu_ids"]) or "-",
+                              row["provider"], f"{row['weight_bytes'] / 2**20:.1f} MiB")
+            console.print(table)
+        if last_parity is None:
+            console.print("Parity: never checked here (`unison parity`)")
+        else:
+            verdict = "[green]0 mismatches[/]" if last_parity["ok"] else \
+                f"[red]{len(last_parity['problems'])} problem(s)[/]: {last_parity['problems'][0]}"
+            console.print(f"Parity (last check, snapshot {last_parity['snapshot']}, {last_parity['tickets']} "
+                          f"tickets): {verdict}")
+    if any(s.health != "running" for s in statuses):
+        raise typer.Exit(1)
+
+
+def _stage_placement(settings: Settings) -> list[dict[str, Any]]:
+    """Per Serve application with a sharded model: where each stage runs (from one Model replica)."""
+    import httpx
+
+    from unison.ops.stack import endpoints
+    from unison.serving import deploy
+
+    try:
+        url = deploy.url(settings)
+        apps = deploy.applications(endpoints(settings)).get("applications") or {}
+    except Exception:
+        return []
+    rows = []
+    for name, application in apps.items():
+        prefix = (application.get("route_prefix") or "/").rstrip("/")
+        try:
+            replica = httpx.get(f"{url}{prefix}/v1/models", timeout=10).json().get("replica") or {}
+        except (httpx.HTTPError, ValueError):
+            continue
+        rows.extend({"application": name, **stage} for stage in replica.get("stages") or [])
+    return rows
+
+
+def _drift_report(settings: Settings) -> dict[str, Any]:
+    import httpx
+
+    from unison.serving import deploy
+
+    try:
+        url = deploy.url(settings)
+        response = httpx.get(f"{url}/v1/drift", timeout=10)
+    except (deploy.ServeError, httpx.HTTPError) as exc:
+        return {"error": f"no drift figures: {exc}"}
+    if response.status_code != 200:
+        return {"error": f"/v1/drift answered {response.status_code}: {response.text[:200]}"}
+    return dict(response.json())
+
+
+def _print_drift(drift: dict[str, Any]) -> None:
+    if "error" in drift:
+        console.print(f"Drift: {drift['error']}", markup=False)
+        return
+    config = drift.get("config") or {}
+    table = Table(title=f"Input drift (PSI vs training reference; window {config.get('window_s', 0):.0f} s, "
+                        f"moderate >= {config.get('moderate')}, significant >= {config.get('significant')})",
+                  title_justify="left")
+    for column in ("model", "path", "rows", "status", "largest PSI"):
+        table.add_column(column, no_wrap=True)
+    colors = {"stable": "green", "moderate": "yellow", "significant": "red"}
+    for row in drift.get("models") or []:
+        top = sorted(row["psi"].items(), key=lambda item: -item[1])[:3]
+        table.add_row(row["model"], row["path"], f"{row['rows']:,}",
+                      f"[{colors.get(row['status'], 'dim')}]{row['status']}[/]",
+                      ", ".join(f"{name} {value:.3f}" for name, value in top) or "-")
+    if not drift.get("models"):
+        table.add_row("-", "-", "0", "no traffic scored yet" if drift.get("computed_at") else "not computed yet",
+                      "-")
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -371,6 +468,9 @@ def optimize_command(
     threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime in the benchmark.")] = 2,
     skip_benchmark: Annotated[bool, typer.Option("--skip-benchmark", help="Skip the latency benchmark.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if identical inputs were built.")] = False,
+    stages: Annotated[str, typer.Option(help="Comma-separated pipeline splits to store with every variant, for "
+                                             "sharded serving (`model.stages`); each is checked against the whole "
+                                             "graph. Empty: none.")] = "2,3",
     promote: Annotated[bool | None, typer.Option("--promote/--no-promote", help="Point `production` at the new "
                                                  "version. Default: only when there is no production yet.")] = None,
 ) -> None:
@@ -391,6 +491,7 @@ def optimize_command(
             variants=[v.strip() for v in variants.split(",") if v.strip()],  # type: ignore[misc]
             eval_rows=eval_rows, train_rows=train_rows, bench_rounds=bench_rounds, threads=threads,
             skip_benchmark=skip_benchmark, force=force,
+            stages=[int(k) for k in stages.split(",") if k.strip()],
         )
     except ValueError as exc:
         _fail(str(exc), code=2)
@@ -677,6 +778,8 @@ def batch_submit(
     join_cpus: Annotated[float, typer.Option(help="CPUs reserved per point-in-time join task (lower it to run "
                                                   "next to a Serve application).")] = 0.5,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (fractions allowed).")] = 0.0,
+    actor_placement: Annotated[str, typer.Option(help="DEFAULT (pack where free) | SPREAD (one actor per node "
+                                                      "where possible, e.g. one per GPU node).")] = "DEFAULT",
     object_store_memory: Annotated[int | None, typer.Option(help="Cap on the job's object store use, "
                                                             "bytes.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id. Default: timestamp + random suffix.")] = None,
@@ -701,6 +804,7 @@ def batch_submit(
         config = BatchJobConfig(tickets=tickets, output=output, model=model, variant=variant, device=device,  # type: ignore[arg-type]
                                 batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
                                 join_cpus=join_cpus, gpus_per_actor=gpus_per_actor,
+                                actor_placement=actor_placement,  # type: ignore[arg-type]
                                 object_store_memory_bytes=object_store_memory,
                                 run_id=run_id)
     except ValueError as exc:
@@ -992,6 +1096,9 @@ def parity(
     working_dir: Annotated[Path, typer.Option(help="Project directory holding pipelines/batch_predict.py (the "
                                                    "batch job's working dir).")] = Path("."),
     timeout: Annotated[float, typer.Option(help="Longest wait for each path's results, in seconds.")] = 900.0,
+    materialize: Annotated[bool, typer.Option("--materialize/--no-materialize", help="Materialize first (the "
+                                              "default). --no-materialize compares against the online store as "
+                                              "it is: finds a stale online store, writes nothing.")] = True,
 ) -> None:
     """Score the same tickets through the batch job, the HTTP API and the stream, and compare them.
 
@@ -1011,7 +1118,7 @@ def parity(
     if not (working_dir / "pipelines" / "batch_predict.py").is_file():
         _fail(f"{working_dir.resolve()} has no pipelines/batch_predict.py; pass --working-dir <project>", code=2)
     config = ParityConfig(sample=sample, seed=seed, tolerance=tolerance, report=report,
-                          working_dir=working_dir.resolve(), timeout_s=timeout)
+                          working_dir=working_dir.resolve(), timeout_s=timeout, materialize=materialize)
     try:
         result = run(settings, config, progress=lambda line: console.print(f"  {line}"))
     except (ParityError, StackError, ServeError) as exc:
@@ -1039,6 +1146,87 @@ def _print_parity(report: dict[str, Any]) -> None:
     console.print(f"  {report['tickets']:,} tickets, tolerance {report['tolerance']:g}: {verdict}")
     for problem in report["problems"]:
         console.print(f"  - {problem}")
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+
+deploy_app = typer.Typer(
+    help="Cluster deployment: Kubernetes manifests for the KubeRay operator, rendered from deploy/serve.yaml so "
+    "the cluster runs the Serve config a laptop runs (docs/DEPLOY.md).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("kuberay")
+def deploy_kuberay(
+    out: Annotated[Path, typer.Option(help="Directory the manifests are written to.")] = Path("deploy/kuberay"),
+    image: Annotated[str | None, typer.Option(help="CPU image (docker/Dockerfile) of the head, the CPU workers and "
+                                                   "the batch job, as pushed, e.g. "
+                                                   "registry.example.com/unison:0.1.0-cpu. Default: "
+                                                   "unison:0.1.0-cpu.")] = None,
+    gpu_image: Annotated[str | None, typer.Option(help="GPU image (docker/Dockerfile.gpu) of the GPU workers. "
+                                                       "Default: --image with -cpu replaced by -gpu.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace. Default: unison.")] = None,
+    serve_gpus: Annotated[float | None, typer.Option(help="GPUs per Model and StreamConsumer replica; above 0 they "
+                                                          "run CUDA with the fp16 variant on the GPU worker group. "
+                                                          "Default: 0 (CPU).")] = None,
+    values: Annotated[Path | None, typer.Option(help="YAML file of KubeRayConfig fields (worker groups, claims, "
+                                                     "addresses, batch job...); the options above override it. "
+                                                     "Every field: platform/unison/ops/kuberay.py.")] = None,
+    serve_config: Annotated[Path | None, typer.Option(help="Serve config to render. Default: `serving.config_file` "
+                                                           "(deploy/serve.yaml).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 when the files in --out differ from "
+                                                        "a fresh render (for CI).")] = False,
+) -> None:
+    """Render the KubeRay manifests: ConfigMap, storage claims, RayService, RayJob and PodMonitors.
+
+    The RayService's `serveConfigV2` is the Serve config with only what a cluster needs changed (a proxy on
+    every node on 0.0.0.0:8000, replica bounds, GPUs when asked); `rayVersion` is the Ray version Unison pins.
+    The RayJob runs `python pipelines/batch_predict.py` on a cluster of its own, deleted when the job ends.
+    Credentials are never written: pods read them from the Secret `unison-credentials` (docs/DEPLOY.md says how
+    to create it). Render again whenever deploy/serve.yaml changes; `--check` tells CI when someone forgot.
+    With the KubeRay operator in the cluster, `kubectl apply` every file but rayjob.yaml; each
+    `kubectl create -f rayjob.yaml` is one batch run.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from unison.ops import kuberay
+
+    settings = _settings()
+    fields: dict[str, Any] = {"model_name": settings.model.name, "model_alias": settings.model.alias}
+    if values is not None:
+        try:
+            loaded = yaml.safe_load(values.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            _fail(f"cannot read {values}: {exc}", code=2)
+        if not isinstance(loaded, dict):
+            _fail(f"{values} must be a mapping of KubeRayConfig fields", code=2)
+        fields.update(loaded)
+    options = {"image": image, "gpu_image": gpu_image, "namespace": namespace, "serve_gpus": serve_gpus}
+    fields.update({key: value for key, value in options.items() if value is not None})
+    try:
+        config = kuberay.KubeRayConfig.model_validate(fields)
+        rendered = kuberay.render(config, serve_config or settings.serving.config_file)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid KubeRay settings: {problems}", code=2)
+    except kuberay.KubeRayError as exc:
+        _fail(str(exc), code=2)
+    if check:
+        stale = kuberay.stale(rendered, out)
+        if stale:
+            _fail(f"{out}: {', '.join(stale)} differ from a fresh render; run `unison deploy kuberay --out {out}`")
+        console.print(f"  {out}: up to date", markup=False)
+        return
+    written = kuberay.write(rendered, out)
+    for path in written:
+        console.print(f"  wrote {path}", markup=False, highlight=False)
+    service = " ".join(f"-f {path}" for path in written if path.name != "rayjob.yaml")
+    console.print(f"  deploy:    kubectl create namespace {config.namespace}; create the Secret "
+                  f"{config.secret_name} (docs/DEPLOY.md); kubectl apply {service}", markup=False, highlight=False)
+    console.print(f"  batch run: kubectl create -f {out / 'rayjob.yaml'}", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -243,6 +243,22 @@ class ModelConfig(_Strict):
     max_length: int | None = Field(
         default=None, ge=8, description="Token limit; longer texts are truncated. Empty: the artifact's limit."
     )
+    stages: int = Field(
+        default=1, ge=1, le=8,
+        description="Pipeline stages of the default model on the online and streaming paths. 1: the whole graph in "
+        "the replica. K > 1: the artifact's K-stage split (`unison optimize --stages`), one Ray actor per stage, "
+        "each in its own placement-group bundle (`stage_resources`), hidden states passed stage to stage by Ray.",
+    )
+    stage_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 0.1},
+        description="Resources of one stage's bundle: {\"CPU\": 0.1} here; {\"CPU\": 1, \"GPU\": 1} for one GPU "
+        "per stage on a GPU cluster.",
+    )
+    stage_placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="Placement-group strategy of the stage bundles: PACK (one machine when it fits), STRICT_SPREAD "
+        "(one node per stage: the large-model case), SPREAD, STRICT_PACK.",
+    )
 
 
 class ServingConfig(_Strict):
@@ -261,6 +277,17 @@ class ServingConfig(_Strict):
     )
     deploy_timeout_s: float = Field(
         default=300.0, gt=0, description="How long `serve up` waits for the application to be RUNNING and ready."
+    )
+    gpus_per_replica: float = Field(
+        default=0.0, ge=0,
+        description="GPUs each scoring replica (Model, StreamConsumer) reserves: 1 for a GPU each, fractions (0.5) "
+        "for data-parallel replicas sharing one. Set with `model.device: cuda`. 0: CPU only. A file that sets "
+        "`ray_actor_options.num_gpus` itself is kept.",
+    )
+    max_replicas_per_node: int | None = Field(
+        default=None, ge=1,
+        description="Spread scoring replicas: at most this many per node (1: one per GPU node). Empty: Serve packs "
+        "them where resources are free.",
     )
 
 

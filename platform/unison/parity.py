@@ -51,6 +51,10 @@ class ParityConfig(BaseModel):
                                                              "to the Serve application.")
     working_dir: Path = Field(description="Project directory holding pipelines/batch_predict.py (the batch "
                                           "job's working dir).")
+    materialize: bool = Field(default=True, description="Materialize first, so the online store holds the "
+                                                        "offline store's latest values. Off: compare against the "
+                                                        "online store as it is (finds a stale or half-written "
+                                                        "online store; writes nothing to the feature store).")
     report: Path | None = Field(default=None, description="Where to write the JSON report. Empty: "
                                                           "<state_dir>/parity/last.json.")
 
@@ -188,8 +192,9 @@ def run(settings: Settings, config: ParityConfig, progress: Any = print) -> Pari
 
     endpoints(settings)  # StackError naming `unison stack up` when the stack is not running
     deploy.url(settings)  # ServeError naming `unison serve up`
-    progress("materializing features (the snapshot every path reads)")
-    store.materialize(settings)
+    if config.materialize:
+        progress("materializing features (the snapshot every path reads)")
+        store.materialize(settings)
     snapshot = datetime.now(UTC)
     run_id = uuid.uuid4().hex[:8]
     tickets = sample_tickets(settings, config.sample, config.seed, snapshot + timedelta(seconds=1), run_id)

@@ -99,6 +99,9 @@ def serving_registry(platform_settings: Settings, tmp_path_factory: pytest.TempP
 def serve_settings(platform_settings: Settings, serving_registry: Registry,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    for deployment in config["applications"][0]["deployments"]:  # drift checks every second, not every minute
+        if deployment["name"] == "DriftMonitor":
+            deployment["user_config"].update(interval_s=1, min_rows=50)
     broken = json.loads(json.dumps(config["applications"][0]))
     broken.update(name="broken", route_prefix="/broken")
     broken["args"]["model"] = "broken:1"

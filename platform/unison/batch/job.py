@@ -61,6 +61,10 @@ class BatchJobConfig(BaseModel):
     join_cpus: float = Field(default=0.5, gt=0, description="CPUs Ray reserves for each point-in-time join task "
                                                           "(lower it to run next to a Serve application).")
     gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per scoring actor (fractions share a GPU).")
+    actor_placement: Literal["DEFAULT", "SPREAD"] = Field(
+        default="DEFAULT", description="Where the scoring actors go: DEFAULT (Ray Data's own placement), SPREAD "
+        "(over as many nodes as possible: one per GPU node for data-parallel scoring). The same "
+        "choice as the serving replicas' `max_replicas_per_node` / placement strategy.")
     parallel_rows: int | None = Field(default=None, ge=1,
                                       description="Concurrent rows inside an actor. Empty: the CPUs it may use.")
     object_store_memory_bytes: int | None = Field(default=None, ge=1 << 26,
@@ -259,7 +263,8 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
                      compute=ActorPoolStrategy(size=actors),
                      fn_constructor_kwargs={"settings_json": settings_json,
                                             "config_json": config.model_dump_json(), "context": context},
-                     num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None)
+                     num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+                     **({"scheduling_strategy": "SPREAD"} if config.actor_placement == "SPREAD" else {}))
     )
     pipeline_started = time.perf_counter()
     scored.write_parquet(f"{staging}/predictions", filesystem=out_fs,

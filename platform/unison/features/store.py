@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -250,13 +250,15 @@ class Features:
             raise FeatureStoreError(f"point-in-time join returned {len(joined)} rows for {len(entities)} inputs")
         return joined.drop(columns=["_customer", "_when"]).set_index(entities.index)
 
-    def push(self, rows: pd.DataFrame) -> int:
-        """Validate activity updates and push them to the online and offline stores; return the row count."""
+    def push(self, rows: pd.DataFrame, to: Literal["online_and_offline", "online", "offline"] = "online_and_offline",
+             ) -> int:
+        """Validate activity updates and push them to the online and offline stores (or one of them: a backfill
+        of history goes offline only); return the row count."""
         from feast.data_source import PushMode
 
         frame = validate_push(rows)
         with _definitions_environment(self.settings):
-            self.store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE_AND_OFFLINE)
+            self.store.push(PUSH_SOURCE, frame, to=PushMode[to.upper()])
         return len(frame)
 
     def freshness(self) -> list[ViewFreshness]:

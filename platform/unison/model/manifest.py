@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from unison.model.shard import StageSpec
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -42,6 +44,12 @@ class VariantInfo(_Model):
     gate: list[GateCheck] = Field(default_factory=list, description="The checks this variant passed.")
     benchmark: dict[str, Any] = Field(default_factory=dict, description="Latency and throughput figures.")
     size_bytes: int = 0
+    stages: dict[str, list[StageSpec]] = Field(
+        default_factory=dict, description="Pipeline splits of this graph by stage count (\"2\", \"3\"): what each "
+        "stage computes, reads and forwards (unison.model.shard).")
+    stage_check: dict[str, float] = Field(
+        default_factory=dict, description="Per stage count: largest |difference| of any output between the stage "
+        "chain and the whole graph on evaluation rows.")
 
 
 class Manifest(_Model):

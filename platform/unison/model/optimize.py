@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from unison.data import CATEGORIES, FILE_NAMES
 from unison.features import NUMERIC_FEATURES, TRANSFORM_VERSION, feature_matrix, transform
 from unison.features.offline import load_labelled
+from unison.model.drift import reference_bins
 from unison.model.export import (
     OPSET,
     SourceModel,
@@ -41,12 +43,13 @@ from unison.model.export import (
 from unison.model.head import TriageHead, fit_triage_head
 from unison.model.manifest import Manifest, ModelKind, Variant, VariantInfo
 from unison.model.registry import Artifact, Registry, sha256_file
+from unison.model.shard import StageSpec
 from unison.model.tokenize import encode, length_buckets, load_tokenizer, pad, pad_token_id
 from unison.model.validate import Outputs, QualityGates, VariantQuality, compare, run_rows
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: one reference bin per value for discrete inputs, text_chars
 VARIANT_DESCRIPTIONS = {
     "fp32": "ONNX Runtime transformer optimizer fusions (Attention, SkipLayerNormalization, BiasGelu, "
     "EmbedLayerNormalization); fp32 weights",
@@ -81,6 +84,8 @@ class OptimizeOptions(BaseModel):
     skip_benchmark: bool = False
     gates: QualityGates = Field(default_factory=QualityGates)
     force: bool = Field(default=False, description="Rebuild even when an identical artifact is registered.")
+    stages: list[int] = Field(default_factory=lambda: [2, 3], description="Pipeline splits to store with every "
+                              "variant (stage counts >= 2), for sharded serving (`model.stages`). Empty: none.")
 
 
 @dataclass
@@ -220,18 +225,14 @@ def variant_outputs(path: Path, rows: list[npt.NDArray[np.int64]], features: npt
 
 
 def training_reference(transformed: pd.DataFrame, token_counts: npt.NDArray[np.int64]) -> dict[str, Any]:
-    """Decile bin edges and shares of each numeric input and of the token count, for drift checks (PSI)."""
-    reference: dict[str, Any] = {}
+    """Bin edges and training shares of each numeric input and of the text's length, for drift checks
+    (`unison.model.drift`)."""
     columns: dict[str, npt.NDArray[np.float64]] = {
         name: transformed[name].to_numpy(dtype=np.float64) for name in NUMERIC_FEATURES
     }
     columns["text_tokens"] = token_counts.astype(np.float64)
-    for name, values in columns.items():
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
-        inner = edges[1:-1]
-        counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
-        reference[name] = {"edges": inner.tolist(), "shares": (counts / counts.sum()).tolist()}
-    return reference
+    columns["text_chars"] = transformed["text"].str.len().to_numpy(dtype=np.float64)
+    return {name: reference_bins(values) for name, values in columns.items()}
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -358,9 +359,11 @@ def _build(options: OptimizeOptions, registry: Registry, model: SourceModel, kin
             continue
         say(f"{variant}: passed ({_summary(result.metrics)})")
         file, data_files, size = variant_files(staging, f"{variant}/model.onnx")
+        stages, stage_check = split_stages(staging, variant, options.stages, rows[:20], eval_features, output_names,
+                                           input_names, say)
         variants[variant] = VariantInfo(file=file, data_files=data_files, description=VARIANT_DESCRIPTIONS[variant],
                                         fusions=fusions, quality=result.metrics,
-                                        gate=result.checks, size_bytes=size)
+                                        gate=result.checks, size_bytes=size, stages=stages, stage_check=stage_check)
     if not variants:
         raise RuntimeError(f"every variant failed its quality gate: {rejected}")
 
@@ -390,6 +393,48 @@ def _build(options: OptimizeOptions, registry: Registry, model: SourceModel, kin
     say(f"registered {artifact.ref} at {artifact.path}")
     return OptimizeResult(artifact=artifact, cached=False, quality=quality, rejected=rejected, fusions=fusions,
                           report=report, report_markdown=markdown, seconds=time.perf_counter() - started)
+
+
+STAGE_TOLERANCE = {"fp32": 1e-5, "int8": 1e-5, "fp16": 1e-2}
+
+
+def split_stages(staging: Path, variant: str, counts: list[int], rows: list[npt.NDArray[np.int64]],
+                 features: npt.NDArray[np.float32] | None, output_names: list[str], input_names: list[str],
+                 say: Callable[[str], None]) -> tuple[dict[str, list[StageSpec]], dict[str, float]]:
+    """Cut the variant's graph into each stage count and check the chain against the whole graph, row by row;
+    a split outside the variant's tolerance is not stored."""
+    from unison.model.runtime import create_session
+    from unison.model.shard import LocalStages, ShardError, split
+
+    whole = create_session(staging / variant / "model.onnx", "cpu", 1)
+    stored: dict[str, list[StageSpec]] = {}
+    checked: dict[str, float] = {}
+    for count in sorted(set(counts)):
+        try:
+            specs = split(staging / variant / "model.onnx", count, staging / variant / "stages" / f"k{count}",
+                          staging)
+        except ShardError as exc:
+            say(f"{variant}: no {count}-stage split: {exc}")
+            continue
+        chain = LocalStages(staging, specs, output_names)
+        worst = 0.0
+        for i, ids in enumerate(rows):
+            feeds: dict[str, npt.NDArray[Any]] = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)),
+                                                                                                     np.int64)}
+            if "token_type_ids" in input_names:
+                feeds["token_type_ids"] = np.zeros((1, len(ids)), np.int64)
+            if "features" in input_names and features is not None:
+                feeds["features"] = features[i : i + 1]
+            for a, b in zip(whole.run(feeds), chain.run(feeds), strict=True):
+                worst = max(worst, float(np.abs(np.asarray(a, np.float64) - b).max()))
+        if worst > STAGE_TOLERANCE[variant]:
+            say(f"{variant}: {count}-stage split differs by {worst:.2e} (> {STAGE_TOLERANCE[variant]}); not stored")
+            shutil.rmtree(staging / variant / "stages" / f"k{count}")
+            continue
+        stored[str(count)], checked[str(count)] = specs, worst
+        say(f"{variant}: {count} stages ({', '.join(f'{s.weight_bytes / 2**20:.1f}' for s in specs)} MiB of "
+            f"weights), max |diff| vs whole {worst:.1e}")
+    return stored, checked
 
 
 def benchmark_variants(directory: Path, variants: dict[str, VariantInfo], reference: Any, model: SourceModel,

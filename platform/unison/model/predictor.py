@@ -110,6 +110,7 @@ class Predictor:
         max_length: int | None = None,
         max_text_chars: int = 20_000,
         io_binding: bool = True,
+        chain: Any = None,
     ) -> None:
         manifest = artifact.manifest
         if variant not in manifest.variants:
@@ -131,16 +132,23 @@ class Predictor:
 
         rows_mode = execution == "rows" or (execution == "auto" and device == "cpu")
         threads = intra_op_threads or (1 if rows_mode else None)
-        self.session: Session = create_session(artifact.path / manifest.variants[variant].file, device, threads)
-        if execution == "auto":
-            rows_mode = self.session.device == "cpu"
+        # A sharded model (`chain`: unison.model.chain.StageChain) runs in its stage actors; no whole graph here.
+        self.chain = chain
+        self.session: Session | None = None
+        if chain is None:
+            self.session = create_session(artifact.path / manifest.variants[variant].file, device, threads)
+            if execution == "auto":
+                rows_mode = self.session.device == "cpu"
+        self.device: Device = self.session.device if self.session is not None else chain.device
         self.execution = "rows" if rows_mode else "buckets"
         self.parallel_rows = parallel_rows
-        self._pool = ThreadPoolExecutor(parallel_rows, thread_name_prefix="predictor") if rows_mode else None
-        self._runner = BoundRunner(self.session, self.output_widths) if io_binding and not rows_mode else None
+        self._pool = ThreadPoolExecutor(parallel_rows, thread_name_prefix="predictor") \
+            if rows_mode and chain is None else None
+        self._runner = BoundRunner(self.session, self.output_widths) \
+            if io_binding and not rows_mode and self.session is not None else None
         self._lock = threading.Lock()  # the bound runner reuses output buffers
         log.info("Predictor %s variant %s: %s execution on %s", artifact.ref, variant, self.execution,
-                 self.session.providers[0])
+                 self.session.providers[0] if self.session is not None else f"{len(chain.specs)} stages")
 
     @classmethod
     def from_registry(cls, registry: Registry, ref: str, variant: str = "int8", **options: Any) -> Predictor:
@@ -157,6 +165,8 @@ class Predictor:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self.chain is not None:
+            self.chain.close()
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -207,24 +217,34 @@ class Predictor:
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         outputs = {name: np.empty((len(rows),) if w is None else (len(rows), w), dtype=np.float32)
                    for name, w in self.output_widths.items()}
-        if self._pool is not None:
+        if self.execution == "rows":
             self._predict_rows(rows, feature_array, outputs)
         else:
             self._predict_buckets(rows, lengths, feature_array, outputs)
         return Predictions(
             model_name=self.manifest.name, model_version=self.manifest.version, variant=self.variant,
             labels=list(self.manifest.labels), outputs=outputs, token_counts=lengths, truncated=truncated,
-            execution=self.execution, device=self.session.device,
+            execution=self.execution, device=self.device,
         )
 
     def _predict_rows(self, rows: list[npt.NDArray[np.int64]], features: npt.NDArray[np.float32] | None,
                       outputs: dict[str, npt.NDArray[np.float32]]) -> None:
         names = list(self.output_widths)
 
-        def one(i: int) -> None:
+        def feeds(i: int) -> dict[str, npt.NDArray]:
             ids = rows[i][None, :]
-            feeds = self._feeds(ids, np.ones_like(ids), None if features is None else features[i : i + 1])
-            for name, value in zip(names, self.session.run(feeds), strict=True):
+            return self._feeds(ids, np.ones_like(ids), None if features is None else features[i : i + 1])
+
+        if self.chain is not None:  # every row, each on its own, through the stages in one pass
+            for i, values in enumerate(self.chain.run_many([feeds(i) for i in range(len(rows))])):
+                for name, value in zip(names, values, strict=True):
+                    outputs[name][i] = value[0]
+            return
+        assert self.session is not None
+        session = self.session
+
+        def one(i: int) -> None:
+            for name, value in zip(names, session.run(feeds(i)), strict=True):
                 outputs[name][i] = value[0]
 
         assert self._pool is not None
@@ -234,6 +254,17 @@ class Predictor:
                          features: npt.NDArray[np.float32] | None,
                          outputs: dict[str, npt.NDArray[np.float32]]) -> None:
         names = list(self.output_widths)
+        buckets = length_buckets(lengths, self.bucket_size)
+        if self.chain is not None:  # all padded buckets through the stages in one pass
+            all_feeds = []
+            for bucket in buckets:
+                ids, mask = pad([rows[i] for i in bucket], self.pad_id)
+                all_feeds.append(self._feeds(ids, mask, None if features is None else features[bucket]))
+            for bucket, values in zip(buckets, self.chain.run_many(all_feeds), strict=True):
+                for name, value in zip(names, values, strict=True):
+                    outputs[name][bucket] = value
+            return
+        assert self.session is not None
         for bucket in length_buckets(lengths, self.bucket_size):
             ids, mask = pad([rows[i] for i in bucket], self.pad_id)
             feeds = self._feeds(ids, mask, None if features is None else features[bucket])
@@ -253,3 +284,26 @@ class Predictor:
         for name, value in result.outputs.items():
             if not np.isfinite(value).all():
                 raise RuntimeError(f"model output {name} is not finite")
+
+
+def predictor_for(artifact: Artifact, variant: str, options: Any, sharded: bool = False) -> Predictor:
+    """The Predictor as configured (`options`: the `model` section of Unison's settings). `sharded`: run the
+    artifact's `options.stages`-stage split in stage actors when `options.stages` > 1 (the serving paths'
+    default model)."""
+    chain = None
+    if sharded and options.stages > 1:
+        from unison.model.chain import StageChain
+
+        info = artifact.manifest.variants[variant]
+        specs = info.stages.get(str(options.stages))
+        if specs is None:
+            have = ", ".join(sorted(info.stages)) or "none"
+            raise ValueError(f"{artifact.ref} {variant} has no {options.stages}-stage split (has: {have}); "
+                             f"`unison optimize --stages {options.stages}` stores one")
+        chain = StageChain(artifact.path, specs, artifact.manifest.output_names(), device=options.device,
+                           resources=options.stage_resources, strategy=options.stage_placement,
+                           parallel=options.parallel_rows)
+    return Predictor(artifact, variant, device=options.device, execution=options.execution,
+                     parallel_rows=options.parallel_rows, intra_op_threads=options.intra_op_threads,
+                     bucket_size=options.bucket_size, max_length=options.max_length, max_batch_size=1 << 20,
+                     chain=chain)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
+from unison.serving.drift import DriftMonitor
 from unison.serving.ingress import Ingress
 from unison.serving.model import ModelServer
 from unison.serving.schema import ApiLimits
@@ -23,6 +24,7 @@ INGRESS = "Ingress"
 MODEL = "Model"
 STREAM = "StreamConsumer"
 EVENTS = "FeatureEventConsumer"
+DRIFT = "DriftMonitor"
 
 
 class AppArgs(ApiLimits):
@@ -34,6 +36,8 @@ class AppArgs(ApiLimits):
                                                         "`model.name:model.alias` (UNISON_MODEL__*).")
     variant: Literal["fp32", "int8", "fp16"] | None = Field(
         default=None, description="Artifact variant. Empty: the configured `model.variant`.")
+    stream: bool = Field(default=True, description="Run the streaming scorer (StreamConsumer). Off for an "
+                                                   "application that only answers HTTP (a second, sharded copy).")
     feature_events: bool = Field(default=True, description="Run the feature-event deployment (customer events "
                                                            "from Kafka into Feast). One application per feature "
                                                            "store needs it; drop its deployment when off.")
@@ -53,6 +57,8 @@ stream_deployment = serve.deployment(StreamConsumer, name=STREAM, num_replicas=1
                                      graceful_shutdown_timeout_s=20)
 events_deployment = serve.deployment(FeatureEventConsumer, name=EVENTS, num_replicas=1, max_ongoing_requests=8,
                                      user_config={}, graceful_shutdown_timeout_s=20)
+drift_deployment = serve.deployment(DriftMonitor, name=DRIFT, num_replicas=1, max_ongoing_requests=64,
+                                    user_config={})
 ingress_deployment = serve.deployment(Ingress, name=INGRESS, max_ongoing_requests=64, max_queued_requests=256,
                                       user_config={"canaries": {}})
 
@@ -62,7 +68,8 @@ def build(args: dict[str, Any] | BaseModel | None = None) -> Application:
     if isinstance(args, BaseModel):
         args = args.model_dump()
     parsed = AppArgs.model_validate(args or {})
-    model = model_deployment.bind(parsed.model, parsed.variant)
-    stream = stream_deployment.bind(parsed.model, parsed.variant)
+    drift = drift_deployment.bind()
+    model = model_deployment.bind(parsed.model, parsed.variant, drift)
+    stream = stream_deployment.bind(parsed.model, parsed.variant, drift) if parsed.stream else None
     events = events_deployment.bind() if parsed.feature_events else None
-    return ingress_deployment.bind(model, parsed.limits(), parsed.model, stream, events)
+    return ingress_deployment.bind(model, parsed.limits(), parsed.model, stream, events, drift)

@@ -97,7 +97,7 @@ def render(settings: Settings, stack: Endpoints | None, http_port: int,
     """
     from ray.serve.schema import ServeDeploySchema
 
-    from unison.serving.app import INGRESS
+    from unison.serving.app import INGRESS, MODEL, STREAM
 
     config = copy.deepcopy(load_config(settings))
     http = config.setdefault("http_options", {})
@@ -121,11 +121,39 @@ def render(settings: Settings, stack: Endpoints | None, http_port: int,
                 deployment["user_config"] = routing
             for key in (deployment["name"], f"{application['name']}/{deployment['name']}"):
                 deployment.update((overrides or {}).get(key, {}))
+            if deployment["name"] in (MODEL, STREAM):
+                scoring_resources(deployment, settings)
+                stage_bundles(deployment, settings)
     try:
         ServeDeploySchema.model_validate(config)
     except Exception as exc:
         raise ServeError(f"invalid Serve config {settings.serving.config_file}: {exc}") from None
     return config
+
+
+def scoring_resources(deployment: dict[str, Any], settings: Settings) -> None:
+    """GPUs per scoring replica and replica spreading, from the configuration (GPU hosts and clusters)."""
+    serving = settings.serving
+    actor = deployment.setdefault("ray_actor_options", {})
+    if serving.gpus_per_replica > 0 and "num_gpus" not in actor:
+        actor["num_gpus"] = serving.gpus_per_replica
+    if serving.max_replicas_per_node is not None and "max_replicas_per_node" not in deployment:
+        deployment["max_replicas_per_node"] = serving.max_replicas_per_node
+
+
+def stage_bundles(deployment: dict[str, Any], settings: Settings) -> None:
+    """With `model.stages` = K > 1, a scoring replica owns a placement group: its own bundle, then one bundle per
+    stage (`model.stage_resources`, strategy `model.stage_placement`), so Serve places each replica's stage
+    actors with it and removes them together. A file that sets `placement_group_bundles` itself is kept."""
+    stages = settings.model.stages
+    if stages <= 1 or "placement_group_bundles" in deployment:
+        return
+    actor = deployment.get("ray_actor_options") or {}
+    own = {"CPU": float(actor.get("num_cpus", 1.0))}
+    if actor.get("num_gpus"):
+        own["GPU"] = float(actor["num_gpus"])
+    deployment["placement_group_bundles"] = [own] + [dict(settings.model.stage_resources) for _ in range(stages)]
+    deployment["placement_group_strategy"] = settings.model.stage_placement
 
 
 def _api(stack: Endpoints) -> str:

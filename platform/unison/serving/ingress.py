@@ -112,7 +112,7 @@ class Ingress:
     that version as Serve's multiplexed model id, and shapes answers for /v1 and /v2."""
 
     def __init__(self, model: Any, limits: dict[str, Any] | None = None, default_model: str | None = None,
-                 stream: Any = None, events: Any = None) -> None:
+                 stream: Any = None, events: Any = None, drift: Any = None) -> None:
         from ray.serve.metrics import Counter, Histogram
 
         from unison.config import load_settings
@@ -123,6 +123,7 @@ class Ingress:
         self.model = model
         self.stream = stream
         self.events = events
+        self.drift = drift
         self.limits = ApiLimits.model_validate(limits or {})
         _limits["current"] = self.limits
         default = default_model or f"{settings.model.name}:{settings.model.alias}"
@@ -245,6 +246,14 @@ class Ingress:
         if self.events is None:
             raise RequestError(404, "this application has no feature-event deployment")
         return dict(await self._call(self.events.status.remote(), self.limits.request_timeout_s))
+
+    @app.get("/v1/drift", summary="Input drift: per model version and path (online, stream), rows in the window, "
+                                  "status and PSI per input against the training reference (the last scheduled "
+                                  "check)")
+    async def drift_report(self) -> dict[str, Any]:
+        if self.drift is None:
+            raise RequestError(404, "this application has no drift monitor deployment")
+        return dict(await self._call(self.drift.report.remote(), self.limits.request_timeout_s))
 
     # ------------------------------------------------------------------------------------------ /v2 (OIP)
 

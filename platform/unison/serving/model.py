@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from unison.config import Settings, load_settings
+from unison.model.drift import DriftRecorder
 from unison.serving.cache import CacheConfig, ModelCache, ModelTooLarge, release_memory, resident_bytes
 
 log = logging.getLogger("unison.serving")
@@ -135,7 +136,7 @@ def _error(status: int, message: str) -> dict[str, Any]:
 class ModelServer:
     """Serves every registered model version on demand; `default_ref` answers calls that name none."""
 
-    def __init__(self, model: str | None = None, variant: str | None = None) -> None:
+    def __init__(self, model: str | None = None, variant: str | None = None, drift: Any = None) -> None:
         from unison.model import Registry
         from unison.serving.routing import Router
 
@@ -158,6 +159,7 @@ class ModelServer:
         self._last_default_error: str | None = None
         self._outstanding = 0  # requests inside `predict`
         self._batch_seconds = 0.02  # moving average of a batch's duration, for the adaptive wait
+        self.drift = DriftRecorder.to_monitor("online", drift) if drift is not None else None
         self._open_features()
         self._preload_default()
 
@@ -198,18 +200,16 @@ class ModelServer:
 
     def _build(self, model_id: str) -> LoadedModel:
         """Verify (checksums) and load one version, measuring the resident memory it adds."""
-        from unison.model import Predictor
+        from unison.model.predictor import predictor_for
         from unison.model.registry import ArtifactError, RegistryError
 
         model = self.settings.model
         started, before = time.perf_counter(), resident_bytes()
         try:
             artifact = self.registry.load(model_id, [self.variant])
-            predictor = Predictor(
-                artifact, self.variant, device=model.device, execution=model.execution,
-                parallel_rows=model.parallel_rows, intra_op_threads=model.intra_op_threads,
-                bucket_size=model.bucket_size, max_length=model.max_length, max_batch_size=1 << 20,
-            )
+            # `model.stages` shards the application's default model (the one sized for it); others load whole.
+            predictor = predictor_for(artifact, self.variant, model,
+                                      sharded=model_id == self._default_id_or_ref())
             predictor.check()  # the warm-up touches the weights, so the measurement below is what it costs
         except RegistryError as exc:
             raise ModelLoadError(404, str(exc)) from None
@@ -330,7 +330,19 @@ class ModelServer:
                 include={"max_batch_size", "batch_wait_timeout_s"}),
             "stats": self.stats.as_dict(), "cache": self.cache.report(), "versions": self.versions,
             "failed": {k: str(e) for k, (_, e) in self._failed.items()}, "replica_pid": os.getpid(),
+            "stages": self._stage_placement(models_of=list(wrapper.models.values()) if wrapper is not None else []),
         }
+
+    def _stage_placement(self, models_of: list[Any]) -> list[dict[str, Any]]:
+        """Where the sharded default model's stages run (placement-group bundle, node, process, devices)."""
+        for loaded in [*self._preloaded.values(), *models_of]:
+            chain = getattr(loaded.predictor, "chain", None)
+            if chain is not None and hasattr(chain, "placement"):
+                return [{"model": loaded.model_id, "stage": i, "bundle": i + chain.bundle_offset,
+                         "strategy": chain.strategy, **{k: where[k] for k in ("node_id", "pid", "gpu_ids", "provider",
+                                                                              "weight_bytes")}}
+                        for i, where in enumerate(chain.placement)]
+        return []
 
     def model_info(self, model_id: str) -> dict[str, Any]:
         """Labels and transform version of a registered version (for OIP metadata), from its manifest."""
@@ -438,6 +450,9 @@ class ModelServer:
             self._count("input")
             return [_error(422, str(exc))]
         self.stats.rows += len(tickets)
+        if self.drift is not None:
+            self.drift.observe(f"{predictor.name}:{predictor.version}", predictor.manifest.training_reference,
+                               scored)
         records = scored.records()
         out, start = [], 0
         for size in sizes:

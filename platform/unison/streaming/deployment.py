@@ -38,9 +38,10 @@ RETRY_LOAD_S = 30.0
 class StreamConsumer:
     """A Serve deployment class (decorated in `unison.serving.app`)."""
 
-    def __init__(self, model: str | None = None, variant: str | None = None) -> None:
+    def __init__(self, model: str | None = None, variant: str | None = None, drift: Any = None) -> None:
         from unison.features.store import Features, feature_service_name
         from unison.model import Registry
+        from unison.model.drift import DriftRecorder
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.settings: Settings = load_settings()
@@ -48,6 +49,7 @@ class StreamConsumer:
         self.variant = variant or self.settings.model.variant
         self.registry = Registry(self.settings.model.registry_dir)
         self.feature_service = feature_service_name()
+        self.drift = DriftRecorder.to_monitor("stream", drift) if drift is not None else None
         self.features: Any = None
         self.predictor: Any = None
         self.load_error: str | None = None
@@ -70,16 +72,13 @@ class StreamConsumer:
         self._lag_gauge: Any = None
 
     def _load(self) -> None:
-        from unison.model import Predictor
+        from unison.model.predictor import predictor_for
 
         name, version = self.registry.resolve(self.ref)
         if self.predictor is not None and self.predictor.version == version:
             return
-        model = self.settings.model
-        predictor = Predictor(self.registry.load(f"{name}:{version}", [self.variant]), self.variant,
-                              device=model.device, execution=model.execution, parallel_rows=model.parallel_rows,
-                              intra_op_threads=model.intra_op_threads, bucket_size=model.bucket_size,
-                              max_length=model.max_length, max_batch_size=1 << 20)
+        predictor = predictor_for(self.registry.load(f"{name}:{version}", [self.variant]), self.variant,
+                                  self.settings.model, sharded=True)
         old, self.predictor = self.predictor, predictor
         if old is not None:
             old.close()
@@ -147,7 +146,11 @@ class StreamConsumer:
         frame = pd.DataFrame.from_records(tickets)
         rows = attach_online_features(self.features, frame)
         try:
-            records = score_tickets(predictor, rows).records()
+            scored = score_tickets(predictor, rows)
+            if self.drift is not None:
+                self.drift.observe(f"{predictor.name}:{predictor.version}", predictor.manifest.training_reference,
+                                   scored)
+            records = scored.records()
         except PredictorInputError:
             # Score one by one so only the offending ticket is dead-lettered.
             out: list[dict[str, Any]] = []

@@ -1,0 +1,101 @@
+"""The `DriftMonitor` deployment: one replica that sums the drift counts of every online and streaming replica.
+
+Replicas count what they score into the training reference's bins (`unison.model.drift.DriftRecorder`) and send
+the counts here every few seconds. Each replica alone sees only its share of the traffic, so PSI is computed
+here, over all of them: per model version and path, over a sliding window, every `interval_s`. The figures go
+to the `unison_feature_drift_psi{model,path,input}` gauge (Ray's metrics export; Prometheus reads it as
+`ray_unison_feature_drift_psi`), to `GET /v1/drift` and to `unison status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from unison.config import Settings, load_settings
+from unison.model.drift import DriftConfig, Window, assess
+
+log = logging.getLogger("unison.drift")
+
+
+class DriftMonitor:
+    """A Serve deployment class (decorated in `unison.serving.app`)."""
+
+    def __init__(self) -> None:
+        from unison.model import Registry
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.settings: Settings = load_settings()
+        self.registry = Registry(self.settings.model.registry_dir)
+        self.config = DriftConfig()
+        self.windows: dict[tuple[str, str], Window] = {}
+        self.references: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, Any] = {"computed_at": None, "models": []}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._psi_gauge: Any = None
+        self._rows_gauge: Any = None
+        self._thread = threading.Thread(target=self._run, name="unison-drift-monitor", daemon=True)
+        self._thread.start()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.config = DriftConfig.model_validate(config or {})
+        self._wake.set()  # a new interval applies now, not after the old one ends
+
+    def observe(self, model: str, path: str, rows: int, counts: dict[str, list[int]]) -> None:
+        """Counts of `rows` rows that `path` scored with `model` ("name:version") since its last call."""
+        with self._lock:
+            self.windows.setdefault((model, path), Window()).add(time.time(), rows, counts)
+
+    def report(self) -> dict[str, Any]:
+        """The last scheduled computation: per model and path, rows in the window, status and PSI per input."""
+        return {**self.latest, "config": self.config.model_dump()}
+
+    def check(self) -> dict[str, Any]:
+        """Compute PSI now over every window, export it, and keep it as the latest report."""
+        now = time.time()
+        with self._lock:
+            totals = {key: window.total(now, self.config.window_s) for key, window in self.windows.items()}
+        models = []
+        for (model, path), (rows, counts) in sorted(totals.items()):
+            reference = self._reference(model)
+            if reference is None:
+                continue
+            result = assess(reference, rows, counts, self.config)
+            models.append({"model": model, "path": path, **result})
+            self._export(model, path, result)
+        self.latest = {"computed_at": now, "models": models}
+        return self.report()
+
+    def _reference(self, model: str) -> dict[str, Any] | None:
+        if model not in self.references:
+            try:
+                self.references[model] = dict(self.registry.manifest(model).training_reference)
+            except Exception as exc:  # the version left the registry: its counts cannot be read
+                log.warning("no training reference for %s: %s", model, exc)
+                return None
+        return self.references[model]
+
+    def _export(self, model: str, path: str, result: dict[str, Any]) -> None:
+        from ray.util.metrics import Gauge
+
+        if self._psi_gauge is None:
+            self._psi_gauge = Gauge("unison_feature_drift_psi", description="Population stability index of a "
+                                    "model input over the drift window, live against the training reference.",
+                                    tag_keys=("model", "path", "input"))
+            self._rows_gauge = Gauge("unison_feature_drift_window_rows", description="Rows in the drift window.",
+                                     tag_keys=("model", "path"))
+        self._rows_gauge.set(result["rows"], tags={"model": model, "path": path})
+        for name, value in result["psi"].items():
+            self._psi_gauge.set(value, tags={"model": model, "path": path, "input": name})
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.config.interval_s)
+            self._wake.clear()
+            try:
+                self.check()
+            except Exception:
+                log.exception("drift check failed; retried next interval")
