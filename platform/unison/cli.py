@@ -159,28 +159,40 @@ def _print_status(statuses: list) -> None:  # list[ComponentStatus]; typed loose
 
 @app.command("status")
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output: {stack, drift, parity}.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output: {stack, ops, batch, drift, parity, "
+                                                        "stages}.")] = False,
 ) -> None:
-    """One screen of operational state: the stack's components (as `unison stack status`), input drift of the
-    online and streaming paths against the model's training reference (the Serve application's last scheduled
-    check, `GET /v1/drift`), and the last parity check (`unison parity`).
+    """One screen: is it up, is it fast, is it right.
 
-    Exit code 0 when every stack component runs, 1 otherwise."""
+    Stack components and addresses; Serve deployments and replicas; models loaded; throughput and p99 per path
+    (online and stream over the last minute, from the running application's `GET /v1/ops`; batch: the last
+    batch job); Kafka lag; feature freshness per view; input drift against the training reference; the last
+    parity check; where a sharded model's stages run. Exit code 0 when every stack component runs, 1 otherwise."""
     from unison.ops import stack
 
     settings = _settings()
     statuses = stack.status(settings)
     running = all(s.health == "running" for s in statuses)
-    drift = _drift_report(settings) if running else {"error": "the stack is not running"}
-    stages = _stage_placement(settings) if running else []
+    ops = _ops_report(settings) if running else {"error": "the stack is not running"}
+    batch = _last_batch_job(settings) if running else None
+    drift = ops.get("drift") or {"error": ops.get("error", "no drift figures")}
     parity_path = settings.state_dir / "parity" / "last.json"
     last_parity = json.loads(parity_path.read_text()) if parity_path.is_file() else None
+    stages = _stage_placement(settings) if running else []
     if as_json:
-        print(json.dumps({"stack": [asdict(s) for s in statuses], "drift": drift, "parity": last_parity,
-                          "stages": stages}, indent=2, default=str))
+        print(json.dumps({"stack": [asdict(s) for s in statuses], "ops": ops, "batch": batch, "drift": drift,
+                          "parity": last_parity, "stages": stages}, indent=2, default=str))
     else:
         _print_status(statuses)
+        _print_ops(ops, batch)
         _print_drift(drift)
+        if last_parity is None:
+            console.print("Parity: never checked here (`unison parity`)")
+        else:
+            verdict = "[green]0 mismatches[/]" if last_parity["ok"] else \
+                f"[red]{len(last_parity['problems'])} problem(s)[/]: {last_parity['problems'][0]}"
+            console.print(f"Parity (last check, snapshot {last_parity['snapshot']}, {last_parity['tickets']} "
+                          f"tickets): {verdict}")
         if stages:
             table = Table(title="Sharded model stages (one placement-group bundle each)", title_justify="left")
             for column in ("application", "model", "stage", "bundle", "strategy", "node", "pid", "GPUs", "provider",
@@ -191,15 +203,96 @@ def status(
                               row["strategy"], row["node_id"][:12], str(row["pid"]), ",".join(row["gpu_ids"]) or "-",
                               row["provider"], f"{row['weight_bytes'] / 2**20:.1f} MiB")
             console.print(table)
-        if last_parity is None:
-            console.print("Parity: never checked here (`unison parity`)")
-        else:
-            verdict = "[green]0 mismatches[/]" if last_parity["ok"] else \
-                f"[red]{len(last_parity['problems'])} problem(s)[/]: {last_parity['problems'][0]}"
-            console.print(f"Parity (last check, snapshot {last_parity['snapshot']}, {last_parity['tickets']} "
-                          f"tickets): {verdict}")
-    if any(s.health != "running" for s in statuses):
+    if not running:
         raise typer.Exit(1)
+
+
+def _ops_report(settings: Settings) -> dict[str, Any]:
+    import httpx
+
+    from unison.serving import deploy
+
+    try:
+        url = deploy.url(settings)
+        response = httpx.get(f"{url}/v1/ops", timeout=30)
+    except (deploy.ServeError, httpx.HTTPError) as exc:
+        return {"error": f"no live figures: {exc}"}
+    if response.status_code != 200:
+        return {"error": f"/v1/ops answered {response.status_code}: {response.text[:200]}"}
+    return {"url": url, **response.json()}
+
+
+def _last_batch_job(settings: Settings) -> dict[str, Any] | None:
+    """The newest batch job Ray knows of, with rows/s from its `_SUCCESS` manifest when the output is local."""
+    import shlex
+
+    import requests
+
+    from unison.ops.stack import endpoints, ray_auth_headers
+
+    try:
+        jobs = requests.get(f"{endpoints(settings).ray_dashboard_url}/api/jobs/", headers=ray_auth_headers(),
+                            timeout=10).json()
+    except Exception:
+        return None
+    batch = [j for j in jobs if "batch_predict" in (j.get("entrypoint") or "")]
+    if not batch:
+        return None
+    job = max(batch, key=lambda j: j.get("start_time") or 0)
+    row: dict[str, Any] = {"job_id": job.get("submission_id") or job.get("job_id"), "status": job.get("status"),
+                           "rows_per_second": None, "rows": None}
+    words = shlex.split(job.get("entrypoint") or "")
+    if "--output" in words:
+        manifest = Path(words[words.index("--output") + 1]) / "_SUCCESS"
+        if manifest.is_file():
+            data = json.loads(manifest.read_text())
+            row.update(rows_per_second=data.get("rows_per_second"), rows=data.get("rows_out"))
+    return row
+
+
+def _print_ops(ops: dict[str, Any], batch: dict[str, Any] | None) -> None:
+    if "error" in ops:
+        console.print(f"Serving: {ops['error']}", markup=False)
+        return
+    table = Table(title=f"Serve application at {ops.get('url')} ({'ready' if ops.get('ready') else 'NOT ready'})",
+                  title_justify="left")
+    for column in ("application", "deployment", "status", "replicas"):
+        table.add_column(column, no_wrap=True)
+    for row in ops.get("deployments") or []:
+        color = "green" if row["status"] == "HEALTHY" else "yellow"
+        table.add_row(row["application"], row["deployment"], f"[{color}]{row['status']}[/]",
+                      f"{row['running']}/{row['replicas']}")
+    console.print(table)
+    models = ops.get("models") or {}
+    cache = models.get("cache_bytes")
+    console.print(f"Models loaded (one Model replica): {', '.join(models.get('loaded') or []) or '-'}; default "
+                  f"{models.get('default_id')}; cache {(cache or 0) / 2**20:.0f} MiB", markup=False)
+    paths = Table(title="Paths (online and stream: the last minute)", title_justify="left")
+    for column in ("path", "throughput", "p50", "p99", "errors / dead letters", "lag"):
+        paths.add_column(column, no_wrap=True)
+    online = ops.get("online") or {}
+    paths.add_row("online", f"{online.get('requests_per_s', 0):.1f} req/s, {online.get('tickets_per_s', 0):.1f} "
+                  "tickets/s", _fmt_ms(online.get("p50_ms")), _fmt_ms(online.get("p99_ms")),
+                  str(online.get("errors", 0)), "-")
+    stream = ops.get("stream")
+    if stream:
+        p99 = stream.get("p99_event_s")
+        paths.add_row("stream", f"{stream.get('records_per_s') or 0:.1f} records/s", "-",
+                      "-" if p99 is None else f"{p99:.2f} s", str(stream.get("dead_letters") or 0),
+                      "-" if stream.get("lag") is None else f"{stream['lag']:,.0f}")
+    if batch:
+        rate = batch.get("rows_per_second")
+        paths.add_row("batch", f"{rate:,.0f} rows/s (last job)" if rate else "-", "-", "-",
+                      f"{batch['job_id']} {batch['status']}", "-")
+    console.print(paths)
+    features = ops.get("features") or []
+    if features:
+        console.print("Feature freshness: " + ", ".join(f"{f['view']} {f['age_s']:,.0f} s ago" for f in features),
+                      markup=False)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def _stage_placement(settings: Settings) -> list[dict[str, Any]]:
@@ -223,21 +316,6 @@ def _stage_placement(settings: Settings) -> list[dict[str, Any]]:
             continue
         rows.extend({"application": name, **stage} for stage in replica.get("stages") or [])
     return rows
-
-
-def _drift_report(settings: Settings) -> dict[str, Any]:
-    import httpx
-
-    from unison.serving import deploy
-
-    try:
-        url = deploy.url(settings)
-        response = httpx.get(f"{url}/v1/drift", timeout=10)
-    except (deploy.ServeError, httpx.HTTPError) as exc:
-        return {"error": f"no drift figures: {exc}"}
-    if response.status_code != 200:
-        return {"error": f"/v1/drift answered {response.status_code}: {response.text[:200]}"}
-    return dict(response.json())
 
 
 def _print_drift(drift: dict[str, Any]) -> None:

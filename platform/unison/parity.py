@@ -213,7 +213,23 @@ def run(settings: Settings, config: ParityConfig, progress: Any = print) -> Pari
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.as_dict(), indent=2))
     progress(f"report written to {path}")
+    _publish(settings, report, progress)
     return report
+
+
+def _publish(settings: Settings, report: ParityReport, progress: Any) -> None:
+    """Hand the result to the Serve application (parity metrics, /v1/ops, the ops page); best effort."""
+    import httpx
+
+    from unison.serving import deploy
+
+    try:
+        response = httpx.post(f"{deploy.url(settings)}/v1/parity", json=report.as_dict(), timeout=30)
+        if response.status_code != 200:
+            progress(f"the Serve application did not record the result ({response.status_code}: "
+                     f"{response.text[:200]})")
+    except Exception as exc:
+        progress(f"could not hand the result to the Serve application: {exc}")
 
 
 def _batch(settings: Settings, config: ParityConfig, tickets: pd.DataFrame, work: Path, progress: Any) -> PathRun:

@@ -14,7 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "features": {"data", "config", "ops"},
     "model": {"data", "features"},
     "ops": {"config"},
-    "batch": {"config", "features", "model"},
+    "batch": {"config", "features", "model", "ops"},
     "serving": {"config", "data", "model", "features", "ops", "streaming"},
     "streaming": {"config", "model", "features", "ops"},
     "parity": {"config", "data", "features", "model", "ops", "batch", "serving", "streaming"},

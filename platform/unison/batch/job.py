@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from unison.config import Settings
+from unison.ops import metrics
 
 log = logging.getLogger("unison.batch")
 
@@ -145,7 +146,11 @@ class Scorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from unison.model.scoring import score_tickets
 
+        started = time.perf_counter()
         scored = score_tickets(self.predictor, batch)
+        model = f"{self.predictor.name}:{self.predictor.version}"
+        metrics.observe("unison_batch_block_duration_seconds", time.perf_counter() - started, model=model)
+        metrics.inc("unison_batch_rows_total", len(batch), model=model)
         predictions = scored.predictions
         labels = predictions.labels
         probabilities = predictions.probabilities

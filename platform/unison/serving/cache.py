@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
+from unison.ops import metrics
+
 log = logging.getLogger("unison.serving")
 
 
@@ -73,6 +75,7 @@ class ModelCache:
         self.resident: dict[str, int] = {}  # model id -> measured bytes, for loaded models
         self.measured: dict[str, int] = {}  # model id -> last measurement, kept across evictions
         self.stats = CacheStats()
+        self.replica = "-"  # the owning replica's name, for the bytes gauge
 
     @property
     def total(self) -> int:
@@ -111,10 +114,14 @@ class ModelCache:
         self.resident[model_id] = self.measured[model_id] = max(measured, 0)
         self.stats.loads += 1
         self.stats.load_seconds[model_id] = seconds
+        metrics.inc("unison_model_cache_loads_total", model=model_id)
+        metrics.set_gauge("unison_model_cache_bytes", self.total, replica=self.replica)
 
     def forget(self, model_id: str) -> None:
         if self.resident.pop(model_id, None) is not None:
             self.stats.evictions += 1
+            metrics.inc("unison_model_cache_evictions_total", model=model_id)
+            metrics.set_gauge("unison_model_cache_bytes", self.total, replica=self.replica)
 
     def lookup(self, hit: bool) -> None:
         if hit:

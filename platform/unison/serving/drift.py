@@ -9,6 +9,7 @@ to the `unison_feature_drift_psi{model,path,input}` gauge (Ray's metrics export;
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,6 +34,9 @@ class DriftMonitor:
         self.windows: dict[tuple[str, str], Window] = {}
         self.references: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, Any] = {"computed_at": None, "models": []}
+        self.parity: dict[str, Any] | None = None
+        self._parity_file = self.settings.state_dir / "parity" / "received.json"
+        self._load_parity()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._psi_gauge: Any = None
@@ -50,8 +54,43 @@ class DriftMonitor:
             self.windows.setdefault((model, path), Window()).add(time.time(), rows, counts)
 
     def report(self) -> dict[str, Any]:
-        """The last scheduled computation: per model and path, rows in the window, status and PSI per input."""
-        return {**self.latest, "config": self.config.model_dump()}
+        """The last scheduled computation: per model and path, rows in the window, status and PSI per input;
+        and the last parity check recorded here."""
+        parity = None
+        if self.parity is not None:
+            parity = {**self.parity, "age_s": round(time.time() - self.parity["received_at"], 1)}
+        return {**self.latest, "config": self.config.model_dump(), "parity": parity}
+
+    def record_parity(self, report: dict[str, Any], received_at: float | None = None) -> dict[str, Any]:
+        """Keep the last `unison parity` result, export it (`unison_parity_*`) and keep a copy in the state
+        directory, so a redeployed monitor still knows it."""
+        from unison.ops import metrics
+
+        pairs = {pair: int(sum(values.get("mismatches", {}).values())) for pair, values in report["pairs"].items()}
+        now = received_at or time.time()
+        self.parity = {"ok": bool(report["ok"]), "tickets": int(report["tickets"]), "pairs": pairs,
+                       "problems": list(report["problems"])[:20], "snapshot": report.get("snapshot"),
+                       "received_at": now}
+        metrics.set_gauge("unison_parity_ok", 1.0 if report["ok"] else 0.0)
+        metrics.set_gauge("unison_parity_last_run_timestamp_seconds", now)
+        for pair, count in pairs.items():
+            metrics.set_gauge("unison_parity_mismatches", count, pair=pair)
+        if received_at is None:
+            try:
+                self._parity_file.parent.mkdir(parents=True, exist_ok=True)
+                self._parity_file.write_text(json.dumps({"received_at": now, "report": report}))
+            except OSError:
+                log.warning("could not keep the parity result in %s", self._parity_file, exc_info=True)
+        return {"recorded": True}
+
+    def _load_parity(self) -> None:
+        try:
+            kept = json.loads(self._parity_file.read_text())
+            self.record_parity(kept["report"], received_at=float(kept["received_at"]))
+        except FileNotFoundError:
+            return
+        except Exception:  # a damaged copy: start without it
+            log.warning("ignoring %s", self._parity_file, exc_info=True)
 
     def check(self) -> dict[str, Any]:
         """Compute PSI now over every window, export it, and keep it as the latest report."""

@@ -12,16 +12,18 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import unison
+from unison.ops.window import RollingWindow
 from unison.serving.routing import Route, Router, UnknownModel
 from unison.serving.schema import (
     OIP_INPUTS,
@@ -41,6 +43,23 @@ from unison.serving.schema import (
 )
 
 log = logging.getLogger("unison.serving")
+OPS_PAGE = (Path(__file__).parent / "static" / "ops.html").read_text()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _deployments() -> list[dict[str, Any]]:
+    """Every application's deployments with their status and running/target replicas (Serve's controller)."""
+    rows = []
+    for app_name, application in serve.status().applications.items():
+        for name, deployment in application.deployments.items():
+            states = {str(getattr(k, "value", k)): v for k, v in deployment.replica_states.items()}
+            rows.append({"application": app_name, "deployment": name,
+                         "status": str(getattr(deployment.status, "value", deployment.status)),
+                         "replicas": sum(states.values()), "running": states.get("RUNNING", 0)})
+    return rows
 
 METADATA_TTL_S = 2.0  # how long the ingress trusts one model replica's readiness view
 
@@ -131,6 +150,7 @@ class Ingress:
         self.default = (name, tag or None)
         self.router = Router(Registry(settings.model.registry_dir), name, settings.model.alias)
         self.counts: dict[str, dict[str, int]] = {}
+        self.window = RollingWindow()  # the last minute of scoring requests, for /v1/ops
         self._label_cache: dict[str, list[str]] = {}
         self._replica: dict[str, Any] | None = None
         self._replica_at = 0.0
@@ -201,7 +221,9 @@ class Ingress:
             counts["canary"] += route.canary
             tags = {"route": path, "model": route.name, "version": route.version}
             self._requests.inc(tags={**tags, "status": str(status)})
-            self._latency.observe(time.perf_counter() - started, tags=tags)
+            elapsed = time.perf_counter() - started
+            self._latency.observe(elapsed, tags=tags)
+            self.window.add(elapsed, items=len(tickets), error=status >= 500)
 
     # ------------------------------------------------------------------------------------------ /v1
 
@@ -254,6 +276,67 @@ class Ingress:
         if self.drift is None:
             raise RequestError(404, "this application has no drift monitor deployment")
         return dict(await self._call(self.drift.report.remote(), self.limits.request_timeout_s))
+
+    @app.post("/v1/parity", summary="Record the result of a parity check (`unison parity` posts its report here), "
+                                    "for the parity metrics, /v1/ops and the ops page")
+    async def record_parity(self, request: Request) -> dict[str, Any]:
+        if self.drift is None:
+            raise RequestError(404, "this application has no drift monitor deployment")
+        try:
+            report = await request.json()
+        except ValueError:
+            raise RequestError(400, "the body must be a parity report (JSON)") from None
+        missing = [k for k in ("ok", "tickets", "pairs", "problems") if not isinstance(report, dict) or k not in report]
+        if missing:
+            raise RequestError(422, f"a parity report needs {missing}")
+        return dict(await self._call(self.drift.record_parity.remote(report), self.limits.request_timeout_s))
+
+    @app.get("/v1/ops", summary="Live operational figures in one document (what `unison status` and /ops show): "
+                                "deployments and replicas, models loaded, throughput and p99 per path, Kafka lag, "
+                                "feature freshness, drift, the last parity check")
+    async def ops(self) -> dict[str, Any]:
+        return await self._ops()
+
+    @app.get("/ops", response_class=HTMLResponse, summary="The ops page: the same figures, with charts, refreshed "
+                                                          "every 2 s (self-contained: no external scripts)")
+    async def ops_page(self) -> HTMLResponse:
+        return HTMLResponse(OPS_PAGE)
+
+    async def _ops(self) -> dict[str, Any]:
+        timeout = self.limits.request_timeout_s
+
+        async def ask(call: Any) -> Any:
+            try:
+                return await self._call(call, timeout)
+            except Exception as exc:  # one part down must not hide the rest
+                return {"error": f"{type(exc).__name__}: {exc}"}
+
+        replica = await ask(self._replica_metadata(fresh=True))
+        stream = await ask(self.stream.status.remote()) if self.stream is not None else None
+        events = await ask(self.events.status.remote()) if self.events is not None else None
+        drift = await ask(self.drift.report.remote()) if self.drift is not None else None
+        online = self.window.stats()
+        stream_window = (stream or {}).get("window") or {}
+        stream_stats = (stream or {}).get("stats") or {}
+        return {
+            "ready": bool(replica.get("ready")),
+            "deployments": await asyncio.to_thread(_deployments),
+            "models": {"default_id": replica.get("default_id"), "loaded": replica.get("loaded", []),
+                       "cache_bytes": (replica.get("cache") or {}).get("resident_bytes"),
+                       "budget_bytes": (replica.get("cache") or {}).get("budget_bytes"),
+                       "stages": replica.get("stages", []), "error": replica.get("error")},
+            "online": {"requests_per_s": online["events_per_s"], "tickets_per_s": online["items_per_s"],
+                       "p50_ms": _ms(online["p50_s"]), "p99_ms": _ms(online["p99_s"]), "errors": online["errors"],
+                       "window_s": online["window_s"]},
+            "stream": None if stream is None else {
+                "records_per_s": stream_window.get("events_per_s"), "p99_event_s": stream_window.get("p99_s"),
+                "lag": (stream.get("lag") or {}).get("lag"), "partitions": (stream.get("lag") or {}).get("partitions"),
+                "dead_letters": stream_stats.get("dead_letters"), "scored": stream_stats.get("scored"),
+                "model_version": stream.get("model_version"), "error": stream.get("error") or stream.get("load_error")},
+            "features": (events or {}).get("freshness") or [],
+            "drift": drift,
+            "parity": (drift or {}).get("parity"),
+        }
 
     # ------------------------------------------------------------------------------------------ /v2 (OIP)
 

@@ -31,6 +31,7 @@ from ray import serve
 
 from unison.config import Settings, load_settings
 from unison.model.drift import DriftRecorder
+from unison.ops import metrics
 from unison.serving.cache import CacheConfig, ModelCache, ModelTooLarge, release_memory, resident_bytes
 
 log = logging.getLogger("unison.serving")
@@ -129,6 +130,14 @@ class LoadedModel:
         self.close()
 
 
+def _replica_name() -> str:
+    """Serve's replica id (label for per-replica gauges), or the pid outside Serve."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:
+        return f"pid-{os.getpid()}"
+
+
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": message, "status": status}
 
@@ -160,6 +169,8 @@ class ModelServer:
         self._outstanding = 0  # requests inside `predict`
         self._batch_seconds = 0.02  # moving average of a batch's duration, for the adaptive wait
         self.drift = DriftRecorder.to_monitor("online", drift) if drift is not None else None
+        self.replica = _replica_name()
+        self.cache.replica = self.replica
         self._open_features()
         self._preload_default()
 
@@ -370,11 +381,13 @@ class ModelServer:
             return _error(404, str(exc))
         arrived = time.perf_counter()
         self._outstanding += 1
+        metrics.set_gauge("unison_model_queue_depth", self._outstanding, replica=self.replica)
         try:
             self._score.set_batch_wait_timeout_s(self._batch_wait())
             result = await self._score((arrived, tickets, loaded))
         finally:
             self._outstanding -= 1
+            metrics.set_gauge("unison_model_queue_depth", self._outstanding, replica=self.replica)
         if "error" not in result:
             result["model_cache"] = "hit" if hit else "miss"
             result["latency_ms"]["load"] = (arrived - started) * 1000
@@ -422,6 +435,9 @@ class ModelServer:
         self.stats.batches += 1
         self.stats.requests += len(calls)
         self.stats.fill_sum += len(calls) / self.config.max_batch_size
+        for model_id, indexes in by_model.items():
+            metrics.observe("unison_model_batch_fill_ratio", min(1.0, len(indexes) / self.config.max_batch_size),
+                            model=model_id)
         self.stats.model_seconds += finished - started
         for (arrived, _, loaded), result in zip(calls, results, strict=True):
             result["latency_ms"] = {"queue": (started - arrived) * 1000, "model": model_ms}
@@ -434,6 +450,7 @@ class ModelServer:
         from unison.model.predictor import PredictorInputError
         from unison.model.scoring import attach_online_features, score_tickets
 
+        started = time.perf_counter()
         sizes = [len(r) for r in requests]
         tickets = pd.DataFrame.from_records([t for r in requests for t in r])
         try:
@@ -450,6 +467,10 @@ class ModelServer:
             self._count("input")
             return [_error(422, str(exc))]
         self.stats.rows += len(tickets)
+        model = f"{predictor.name}:{predictor.version}"
+        metrics.observe("unison_model_batch_duration_seconds", time.perf_counter() - started, path="online",
+                        model=model)
+        metrics.observe("unison_model_batch_size", len(tickets), path="online", model=model)
         if self.drift is not None:
             self.drift.observe(f"{predictor.name}:{predictor.version}", predictor.manifest.training_reference,
                                scored)

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unison.config import KafkaConfig
 from unison.features.ticket import Ticket
+from unison.ops import metrics
+from unison.ops.window import RollingWindow
 
 log = logging.getLogger("unison.streaming")
 
@@ -122,6 +124,7 @@ class TopicConsumer:
         self.config = config
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self.window = RollingWindow()  # the last minute: records handled, record-to-result seconds
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -228,6 +231,8 @@ class TopicConsumer:
         self.stats.dead_letters += 1
         kind = reason.split(":", 1)[0][:60]
         self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+        metrics.inc("unison_stream_dead_letters_total", topic=record.topic, reason=kind)
+        metrics.inc("unison_stream_records_total", topic=record.topic, outcome="dead_letter")
         self.send(self.dead_letter_topic, record.key, record.value,
                   [("reason", reason.encode()), ("source", source(record).encode())])
 
@@ -272,3 +277,7 @@ class TicketStream(TopicConsumer):
                        ("event_latency_ms", f"{waited_ms:.1f}".encode()),
                        ("source", source(record).encode())])
             self.stats.scored += 1
+            if waited_ms >= 0:
+                metrics.observe("unison_stream_event_duration_seconds", waited_ms / 1000, topic=record.topic)
+                self.window.add(waited_ms / 1000)
+            metrics.inc("unison_stream_records_total", topic=record.topic, outcome="scored")

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from unison.config import Settings, load_settings
+from unison.ops import metrics
 from unison.streaming.consumer import StreamConfig, TicketStream
 from unison.streaming.events import FeatureEventConfig, FeatureEventStream
 from unison.streaming.lag import LagReader
@@ -32,6 +33,7 @@ from unison.streaming.lag import LagReader
 log = logging.getLogger("unison.streaming")
 
 ALIAS_CHECK_S = 5.0
+FRESHNESS_S = 15.0
 RETRY_LOAD_S = 30.0
 
 
@@ -143,6 +145,7 @@ class StreamConsumer:
                 except Exception:  # keep the loaded version; the next check retries
                     log.exception("could not follow %s", self.ref)
             predictor = self.predictor
+        started = time.perf_counter()
         frame = pd.DataFrame.from_records(tickets)
         rows = attach_online_features(self.features, frame)
         try:
@@ -160,6 +163,10 @@ class StreamConsumer:
                 except PredictorInputError as exc:
                     out.append({"error": str(exc)})
             records = out
+        model = f"{predictor.name}:{predictor.version}"
+        metrics.observe("unison_model_batch_duration_seconds", time.perf_counter() - started, path="stream",
+                        model=model)
+        metrics.observe("unison_model_batch_size", len(tickets), path="stream", model=model)
         results = []
         for ticket, record in zip(tickets, records, strict=True):
             if "error" in record:
@@ -197,7 +204,8 @@ class StreamConsumer:
                 "config": self.config.model_dump(),
                 "model_version": getattr(self.predictor, "version", None),
                 "lag": {k: v for k, v in self.lag.items() if k != "read_at"}, "lag_error": self.lag_error,
-                "stats": self.stream.stats.as_dict() if self.stream is not None else None}
+                "stats": self.stream.stats.as_dict() if self.stream is not None else None,
+                "window": self.stream.window.stats() if self.stream is not None else None}
 
     def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
         lag_stop = getattr(self, "_lag_stop", None)
@@ -228,7 +236,37 @@ class FeatureEventConsumer:
         self.store_error: str | None = None
         self._attempted = 0.0
         self.disabled = _disabled(self.settings)
+        self.freshness: list[dict[str, Any]] = []
         self._open()
+        self._fresh_stop = threading.Event()
+        threading.Thread(target=self._watch_freshness, name="unison-freshness", daemon=True).start()
+
+    def _watch_freshness(self) -> None:
+        """Every FRESHNESS_S: per view, seconds since the online store last got data (the end of the newest
+        materialized interval, or a pushed event's arrival), as `unison_feature_freshness_seconds`."""
+        while True:
+            if self.features is not None:
+                try:
+                    rows = self.features.freshness()
+                except Exception:  # the store is away: keep the last figures
+                    log.warning("could not read feature freshness", exc_info=True)
+                    rows = []
+                pushed = self.stream.last_push_at if self.stream is not None else None
+                now = time.time()
+                found = []
+                for row in rows:
+                    latest = [t.timestamp() for t in (row.materialized_until,) if t is not None]
+                    if pushed is not None and row.view == "customer_activity":
+                        latest.append(pushed)
+                    if latest:
+                        age = max(0.0, now - max(latest))
+                        metrics.set_gauge("unison_feature_freshness_seconds", age, view=row.view)
+                        found.append({"view": row.view, "age_s": round(age, 1),
+                                      "ttl_s": row.ttl.total_seconds() if row.ttl else None})
+                if found:
+                    self.freshness = found
+            if self._fresh_stop.wait(FRESHNESS_S):
+                return
 
     def _open(self) -> None:
         from unison.features.store import Features
@@ -272,6 +310,7 @@ class FeatureEventConsumer:
                 "newest_event": stream.newest_event.isoformat() if stream and stream.newest_event is not None
                 else None,
                 "last_push_seconds": stream.last_push_seconds if stream else None,
+                "freshness": self.freshness,
                 "stats": stream.stats.as_dict() if stream is not None else None}
 
     def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group

@@ -67,6 +67,7 @@ class FeatureEventStream(TopicConsumer):
         self.push = push
         self.newest_event: pd.Timestamp | None = None
         self.last_push_seconds: float | None = None
+        self.last_push_at: float | None = None  # wall clock of the last successful push
 
     def handle(self, records: list[Any]) -> None:
         from unison.features.store import PushSchemaError, validate_push
@@ -97,6 +98,7 @@ class FeatureEventStream(TopicConsumer):
         started = time.perf_counter()
         self.push(frame)  # a store failure raises: nothing is committed, the poll is replayed
         self.last_push_seconds = time.perf_counter() - started
+        self.last_push_at = time.time()
         self.stats.pushed += len(frame)
         newest = pd.to_datetime(frame["event_timestamp"], utc=True).max()
         if self.newest_event is None or newest > self.newest_event:

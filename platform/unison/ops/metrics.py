@@ -1,0 +1,95 @@
+"""Unison's Prometheus metrics, defined once (names, labels, buckets) and recorded where the figure is known.
+
+Recorded with `ray.util.metrics` so they work on any Ray cluster: Ray's metrics agent on each node exports them
+on its metrics port as `ray_<name>` (docs/OPS.md lists them as scraped). Each process creates its metrics
+lazily on first use, so importing this module costs nothing and code outside Ray (unit tests, the CLI) never
+touches them. Base units: seconds and bytes; counters end in `_total`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+EVENT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+FILL_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+# name -> (kind, description, label names, buckets)
+DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "unison_model_batch_duration_seconds": (
+        "histogram", "Model-only time of one scored batch: online features, transform, Predictor.",
+        ("path", "model"), LATENCY_BUCKETS),
+    "unison_model_batch_size": ("histogram", "Rows per scored batch.", ("path", "model"), BATCH_SIZE_BUCKETS),
+    "unison_model_batch_fill_ratio": (
+        "histogram", "Requests in a dynamic batch divided by max_batch_size (online).", ("model",), FILL_BUCKETS),
+    "unison_model_queue_depth": ("gauge", "Requests inside a Model replica (waiting for or in a batch).",
+                                 ("replica",), None),
+    "unison_model_cache_loads_total": ("counter", "Model versions loaded into a replica's cache.", ("model",), None),
+    "unison_model_cache_evictions_total": ("counter", "Model versions evicted from a replica's cache.", ("model",),
+                                           None),
+    "unison_model_cache_bytes": ("gauge", "Bytes a Model replica's cache accounts for.", ("replica",), None),
+    "unison_stream_records_total": ("counter", "Records the stream consumers handled, by outcome.",
+                                    ("topic", "outcome"), None),
+    "unison_stream_dead_letters_total": ("counter", "Records sent to a dead-letter topic, by reason.",
+                                         ("topic", "reason"), None),
+    "unison_stream_event_duration_seconds": (
+        "histogram", "From a record's timestamp (when it was produced) to its result being produced.", ("topic",),
+        EVENT_BUCKETS),
+    "unison_feature_freshness_seconds": ("gauge", "Age of the newest feature data the online store holds, per view.",
+                                         ("view",), None),
+    "unison_parity_ok": ("gauge", "1 when the last parity check found no mismatch, 0 otherwise.", (), None),
+    "unison_parity_mismatches": ("gauge", "Mismatched tickets per path pair in the last parity check.", ("pair",),
+                                 None),
+    "unison_parity_last_run_timestamp_seconds": ("gauge", "When the last parity check ran (Unix time).", (), None),
+    "unison_batch_rows_total": ("counter", "Rows scored by batch jobs.", ("model",), None),
+    "unison_batch_block_duration_seconds": ("histogram", "Model time per block in a batch job.", ("model",),
+                                            LATENCY_BUCKETS),
+}
+
+_lock = threading.Lock()
+_made: dict[str, Any] = {}
+
+
+class _Unrecorded:
+    """Outside a Ray worker (unit tests, a benchmark running a loop in-process) figures go nowhere."""
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+
+def metric(name: str) -> Any:
+    """The process's instance of metric `name` (created on first use)."""
+    import ray
+
+    if not ray.is_initialized():
+        return _Unrecorded()
+    with _lock:
+        if name not in _made:
+            from ray.util.metrics import Counter, Gauge, Histogram
+
+            kind, description, labels, buckets = DEFINITIONS[name]
+            if kind == "histogram":
+                _made[name] = Histogram(name, description, boundaries=buckets, tag_keys=labels)
+            elif kind == "counter":
+                _made[name] = Counter(name, description, tag_keys=labels)
+            else:
+                _made[name] = Gauge(name, description, tag_keys=labels)
+        return _made[name]
+
+
+def observe(name: str, value: float, **tags: str) -> None:
+    metric(name).observe(value, tags=tags or None)
+
+
+def inc(name: str, value: float = 1.0, **tags: str) -> None:
+    if value > 0:
+        metric(name).inc(value, tags=tags or None)
+
+
+def set_gauge(name: str, value: float, **tags: str) -> None:
+    metric(name).set(value, tags=tags or None)
