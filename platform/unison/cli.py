@@ -459,6 +459,8 @@ def demo(
         metrics_port = stack.load_state(settings).components[stack.RAY].ports.get("metrics_export")
         console.print(f"  Ray dashboard:     {ep.ray_dashboard_url}  (Serve and jobs tabs)")
         console.print(f"  API docs:          {served.url}/docs   (OIP v2 under {served.url}/v2)")
+        console.print(f"  Ops page:          {served.url}/ops   (live figures; `unison status` in a terminal; "
+                      "Grafana dashboards in deploy/grafana/)")
         console.print(f"  Metrics:           http://127.0.0.1:{metrics_port}/metrics  (Prometheus format; "
                       "ray_unison_*)")
         console.print(f"  Kafka bootstrap:   {ep.kafka_bootstrap_servers}  (topics {settings.kafka.input_topic} -> "
