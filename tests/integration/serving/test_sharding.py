@@ -1,5 +1,5 @@
-"""A pipeline-sharded model on the running cluster: a second application serves the default model as a 2-stage
-chain (stage actors in the Model replica's placement group) and answers exactly what the whole model answers.
+"""A pipeline-sharded model on the running cluster: a second application serves the default model as a 2- and a
+3-stage chain (stage actors in the Model replica's placement group) and answers exactly what the whole model answers.
 
 The sharded application is added to the deployed config for this test and removed after it; the other
 applications' configs do not change, so Serve leaves them running."""
@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import pytest
 import yaml
 
 from unison.config import Settings
@@ -21,10 +22,10 @@ from unison.serving import deploy
 BIN = Path(sys.executable).parent
 
 
-def _sharded_app(config: dict[str, Any]) -> dict[str, Any]:
+def _sharded_app(config: dict[str, Any], stages: int) -> dict[str, Any]:
     app = json.loads(json.dumps(config["applications"][0]))
     app.update(name="sharded", route_prefix="/sharded")
-    app["runtime_env"] = {"env_vars": {"UNISON_MODEL__STAGES": "2"}}
+    app["runtime_env"] = {"env_vars": {"UNISON_MODEL__STAGES": str(stages)}}
     app["args"].update(feature_events=False, stream=False)
     keep = {"Ingress", "Model", "DriftMonitor"}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
@@ -33,7 +34,7 @@ def _sharded_app(config: dict[str, Any]) -> dict[str, Any]:
         deployment["num_replicas"] = 1
         deployment["ray_actor_options"] = {"num_cpus": 0.01}
         if deployment["name"] == "Model":  # the replica's bundle, then one bundle per stage, packed on one node
-            deployment["placement_group_bundles"] = [{"CPU": 0.01}, {"CPU": 0.1}, {"CPU": 0.1}]
+            deployment["placement_group_bundles"] = [{"CPU": 0.01}] + [{"CPU": 0.1}] * stages
             deployment["placement_group_strategy"] = "PACK"
     return app
 
@@ -50,12 +51,13 @@ def _wait_ready(url: str, timeout: float = 300) -> None:
         time.sleep(2)
 
 
-def test_a_two_stage_chain_answers_like_the_whole_model(serve_settings: Settings, url: str,
-                                                        unison_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("stages", [2, 3])
+def test_a_stage_chain_answers_like_the_whole_model(serve_settings: Settings, url: str, unison_env: dict[str, str],
+                                                    stages: int) -> None:
     path = serve_settings.serving.config_file
     original = path.read_text()
     config = yaml.safe_load(original)
-    config["applications"].append(_sharded_app(config))
+    config["applications"].append(_sharded_app(config, stages))
     path.write_text(yaml.safe_dump(config))
     try:
         deploy.up(serve_settings, progress=lambda line: None)
@@ -73,17 +75,19 @@ def test_a_two_stage_chain_answers_like_the_whole_model(serve_settings: Settings
             assert left["probabilities"] == right["probabilities"] and left["priority"] == right["priority"]
 
         replica = httpx.get(f"{url}/sharded/v1/models", timeout=30).json()["replica"]
-        stages = replica["stages"]
-        assert [s["stage"] for s in stages] == [0, 1] and [s["bundle"] for s in stages] == [1, 2]
-        assert all(s["pid"] != replica["replica_pid"] for s in stages)  # each stage in its own actor
-        assert {s["strategy"] for s in stages} == {"PACK"}
+        placed = replica["stages"]
+        assert [s["stage"] for s in placed] == list(range(stages))
+        assert [s["bundle"] for s in placed] == list(range(1, stages + 1))
+        assert len({s["pid"] for s in placed} | {replica["replica_pid"]}) == stages + 1  # each stage its own actor
+        assert {s["strategy"] for s in placed} == {"PACK"}
         assert httpx.get(f"{url}/v1/models", timeout=30).json()["replica"]["stages"] == []  # the main app: whole
 
         status = subprocess.run([BIN / "unison", "status", "--json"], env=unison_env, capture_output=True,
                                 text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         shown = json.loads(status.stdout)["stages"]
-        assert [(s["application"], s["stage"], s["bundle"]) for s in shown] == [("sharded", 0, 1), ("sharded", 1, 2)]
+        assert [(s["application"], s["stage"], s["bundle"]) for s in shown] == [
+            ("sharded", i, i + 1) for i in range(stages)]
     finally:
         path.write_text(original)
         deploy.up(serve_settings, progress=lambda line: None)
