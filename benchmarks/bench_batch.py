@@ -29,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from workspace import save_chart  # noqa: E402  (benchmarks/ is the script directory)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,10 +171,7 @@ def _chart_memory(trace: list[tuple[float, int]], rows: int, path: Path) -> None
     axis.set_ylabel("RSS of the stack (GiB)")
     axis.set_ylim(bottom=0)
     axis.set_title(f"Batch job over {rows:,} tickets: resident memory of every stack process")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"chart: {path.relative_to(ROOT)}")
+    save_chart(fig, path)
 
 
 if __name__ == "__main__":

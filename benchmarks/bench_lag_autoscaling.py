@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from workspace import workspace  # noqa: E402  (benchmarks/ is the script directory)
+from workspace import save_chart, workspace  # noqa: E402  (benchmarks/ is the script directory)
 
 
 def main() -> int:
@@ -180,10 +180,7 @@ def _chart(results: dict[str, dict[str, Any]], path: Path, target: int) -> None:
     bottom.set_xlabel("seconds since the burst started")
     bottom.legend()
     fig.suptitle("Burst on the tickets topic: lag-based autoscaling on vs off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"chart: {path.relative_to(ROOT)}")
+    save_chart(fig, path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from workspace import workspace  # noqa: E402  (benchmarks/ is the script directory)
+from workspace import save_chart, workspace  # noqa: E402  (benchmarks/ is the script directory)
 
 TICKET = {"ticket_id": "t", "customer_id": 1, "subject": "Refund for double charge",
           "body": "I was charged twice for my subscription this month."}
@@ -221,9 +221,7 @@ def _chart(timeline: list[tuple[float, int, int, float, float]], path: Path) -> 
     bottom.set_ylabel("p99 latency (ms)")
     bottom.set_xlabel("time (s)")
     fig.suptitle("Autoscaling under a load ramp (2-core machine)")
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"chart: {path}")
+    save_chart(fig, path)
 
 
 if __name__ == "__main__":

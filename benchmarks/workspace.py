@@ -29,3 +29,11 @@ def workspace(prefix: str, customers: int, tickets: int, seed: int = 5) -> tuple
     store.apply(settings)
     store.materialize(settings)
     return work, settings
+
+
+def save_chart(fig: Any, path: Path) -> None:
+    """Lay out, write and name a chart (every benchmark's charts look and land alike)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

@@ -21,6 +21,18 @@ class BuiltModel:
     result: object  # OptimizeResult
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No UNISON_* variables and an empty working directory (no ./unison.yaml), so a test sees the defaults
+    whatever the shell running it has set."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("UNISON_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data")

@@ -11,14 +11,7 @@ GROUPS = ("stack", "data", "optimize", "models", "features", "batch", "serve", "
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("UNISON_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no UNISON_* variables, an empty working dir
 
 
 def test_help_lists_every_command_group() -> None:

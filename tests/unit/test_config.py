@@ -6,15 +6,7 @@ import pytest
 
 from unison.config import ConfigError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("UNISON_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no ./unison.yaml unless a test writes one
+pytestmark = pytest.mark.usefixtures("clean_env")  # no UNISON_* variables, an empty working dir
 
 
 def test_defaults_are_the_embedded_stack() -> None:

@@ -261,10 +261,10 @@ class Features:
             self.store.push(PUSH_SOURCE, frame, to=PushMode[to.upper()])
         return len(frame)
 
-    def freshness(self) -> list[ViewFreshness]:
+    def freshness(self, newest_events: bool = True) -> list[ViewFreshness]:
         """Per view: TTL, end of the newest materialized interval, and the newest event time that interval
-        loaded. (Pushed rows reach the online store without materialization; the streaming path reports their
-        freshness itself.)"""
+        loaded (`newest_events=False` skips that one, which reads the source's timestamps). Pushed rows reach
+        the online store without materialization; the streaming path reports their freshness itself."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -276,7 +276,7 @@ class Features:
             newest = None
             source = view.batch_source
             path = Path(getattr(source, "path", "") or "")
-            if until is not None and path.is_file():
+            if newest_events and until is not None and path.is_file():
                 stamps = pq.read_table(path, columns=[source.timestamp_field]).column(0)
                 limit = pa.scalar(pd.Timestamp(until).tz_convert("UTC").to_pydatetime(),
                                   type=pa.timestamp("us", tz="UTC")).cast(stamps.type)

@@ -265,7 +265,7 @@ class Predictor:
                     outputs[name][bucket] = value
             return
         assert self.session is not None
-        for bucket in length_buckets(lengths, self.bucket_size):
+        for bucket in buckets:
             ids, mask = pad([rows[i] for i in bucket], self.pad_id)
             feeds = self._feeds(ids, mask, None if features is None else features[bucket])
             if self._runner is not None:

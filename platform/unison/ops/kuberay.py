@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from unison.config import KafkaConfig, ModelConfig
+from unison.ops import serve_file
 
 # Paths inside the images (docker/Dockerfile, docker/Dockerfile.gpu); a test holds them equal.
 APP_DIR = "/home/ray/unison"
@@ -218,12 +219,10 @@ def ray_version() -> str:
 
 def load_serve_config(path: Path) -> dict[str, Any]:
     """Read the Serve config (Ray's own format); it must have `applications`."""
-    if not path.is_file():
-        raise KubeRayError(f"Serve config {path} does not exist")
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict) or not config.get("applications"):
-        raise KubeRayError(f"{path} is not a Serve config (no `applications`)")
-    return config
+    try:
+        return serve_file.load_serve_config(path)
+    except serve_file.ServeFileError as exc:
+        raise KubeRayError(str(exc)) from None
 
 
 def _deployments(serve: dict[str, Any], name: str) -> list[dict[str, Any]]:

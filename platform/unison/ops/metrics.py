@@ -64,6 +64,9 @@ class _Unrecorded:
 
 def metric(name: str) -> Any:
     """The process's instance of metric `name` (created on first use)."""
+    made = _made.get(name)
+    if made is not None:  # the hot path: no import, no lock
+        return made
     import ray
 
     if not ray.is_initialized():
@@ -93,3 +96,9 @@ def inc(name: str, value: float = 1.0, **tags: str) -> None:
 
 def set_gauge(name: str, value: float, **tags: str) -> None:
     metric(name).set(value, tags=tags or None)
+
+
+def scored_batch(path: str, model: str, rows: int, seconds: float) -> None:
+    """One batch scored on a serving path (`online`, `stream`): its model time and size."""
+    observe("unison_model_batch_duration_seconds", seconds, path=path, model=model)
+    observe("unison_model_batch_size", rows, path=path, model=model)

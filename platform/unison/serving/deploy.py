@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
 from unison.config import Settings, environment
+from unison.ops import serve_file
 from unison.ops.stack import Endpoints, endpoints, free_ports, port_open, ray_auth_headers
 
 SERVE_API = "/api/serve/applications/"
@@ -41,13 +41,10 @@ def _state_path(settings: Settings) -> Path:
 
 
 def load_config(settings: Settings) -> dict[str, Any]:
-    path = settings.serving.config_file
-    if not path.is_file():
-        raise ServeError(f"Serve config {path} does not exist (serving.config_file)")
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict) or "applications" not in config:
-        raise ServeError(f"{path} is not a Serve config (no `applications`)")
-    return config
+    try:
+        return serve_file.load_serve_config(settings.serving.config_file)
+    except serve_file.ServeFileError as exc:
+        raise ServeError(f"{exc} (serving.config_file)") from None
 
 
 def _state(settings: Settings) -> dict[str, Any]:

@@ -201,6 +201,12 @@ class Ingress:
             response.cancel()
             raise RequestError(504, f"the model did not answer within {timeout:g} s") from None
 
+    async def _ask(self, deployment: Any, what: str, method: str, *args: Any) -> dict[str, Any]:
+        """One call to an optional deployment of the application; 404 naming it when the app has none."""
+        if deployment is None:
+            raise RequestError(404, f"this application has no {what} deployment")
+        return dict(await self._call(getattr(deployment, method).remote(*args), self.limits.request_timeout_s))
+
     async def _predict(self, route: Route, tickets: list[dict[str, Any]], path: str) -> dict[str, Any]:
         started = time.perf_counter()
         status = 200
@@ -258,30 +264,22 @@ class Ingress:
     @app.get("/v1/stream", summary="The streaming deployment: one replica's consumer loop, model version, "
                                    "counters (records, scored, dead letters, commits, errors)")
     async def stream_status(self) -> dict[str, Any]:
-        if self.stream is None:
-            raise RequestError(404, "this application has no streaming deployment")
-        return dict(await self._call(self.stream.status.remote(), self.limits.request_timeout_s))
+        return await self._ask(self.stream, "streaming", "status")
 
     @app.get("/v1/stream/events", summary="The feature-event deployment: one replica's consumer loop (events "
                                           "pushed into Feast, dead letters, newest event time)")
     async def feature_events_status(self) -> dict[str, Any]:
-        if self.events is None:
-            raise RequestError(404, "this application has no feature-event deployment")
-        return dict(await self._call(self.events.status.remote(), self.limits.request_timeout_s))
+        return await self._ask(self.events, "feature-event", "status")
 
     @app.get("/v1/drift", summary="Input drift: per model version and path (online, stream), rows in the window, "
                                   "status and PSI per input against the training reference (the last scheduled "
                                   "check)")
     async def drift_report(self) -> dict[str, Any]:
-        if self.drift is None:
-            raise RequestError(404, "this application has no drift monitor deployment")
-        return dict(await self._call(self.drift.report.remote(), self.limits.request_timeout_s))
+        return await self._ask(self.drift, "drift monitor", "report")
 
     @app.post("/v1/parity", summary="Record the result of a parity check (`unison parity` posts its report here), "
                                     "for the parity metrics, /v1/ops and the ops page")
     async def record_parity(self, request: Request) -> dict[str, Any]:
-        if self.drift is None:
-            raise RequestError(404, "this application has no drift monitor deployment")
         try:
             report = await request.json()
         except ValueError:
@@ -289,7 +287,7 @@ class Ingress:
         missing = [k for k in ("ok", "tickets", "pairs", "problems") if not isinstance(report, dict) or k not in report]
         if missing:
             raise RequestError(422, f"a parity report needs {missing}")
-        return dict(await self._call(self.drift.record_parity.remote(report), self.limits.request_timeout_s))
+        return await self._ask(self.drift, "drift monitor", "record_parity", report)
 
     @app.get("/v1/ops", summary="Live operational figures in one document (what `unison status` and /ops show): "
                                 "deployments and replicas, models loaded, throughput and p99 per path, Kafka lag, "
@@ -303,24 +301,27 @@ class Ingress:
         return HTMLResponse(OPS_PAGE)
 
     async def _ops(self) -> dict[str, Any]:
-        timeout = self.limits.request_timeout_s
-
-        async def ask(call: Any) -> Any:
+        async def part(present: bool, call: Any) -> Any:
+            if not present:
+                call.close()
+                return None
             try:
-                return await self._call(call, timeout)
+                return await call
             except Exception as exc:  # one part down must not hide the rest
                 return {"error": f"{type(exc).__name__}: {exc}"}
 
-        replica = await ask(self._replica_metadata(fresh=True))
-        stream = await ask(self.stream.status.remote()) if self.stream is not None else None
-        events = await ask(self.events.status.remote()) if self.events is not None else None
-        drift = await ask(self.drift.report.remote()) if self.drift is not None else None
+        replica, stream, events, drift, deployments = await asyncio.gather(  # concurrently: one slow part at most
+            part(True, self._replica_metadata(fresh=True)),
+            part(self.stream is not None, self._ask(self.stream, "streaming", "status")),
+            part(self.events is not None, self._ask(self.events, "feature-event", "status")),
+            part(self.drift is not None, self._ask(self.drift, "drift monitor", "report")),
+            part(True, asyncio.to_thread(_deployments)))
         online = self.window.stats()
         stream_window = (stream or {}).get("window") or {}
         stream_stats = (stream or {}).get("stats") or {}
         return {
             "ready": bool(replica.get("ready")),
-            "deployments": await asyncio.to_thread(_deployments),
+            "deployments": deployments if isinstance(deployments, list) else [],
             "models": {"default_id": replica.get("default_id"), "loaded": replica.get("loaded", []),
                        "cache_bytes": (replica.get("cache") or {}).get("resident_bytes"),
                        "budget_bytes": (replica.get("cache") or {}).get("budget_bytes"),

@@ -191,9 +191,11 @@ class ModelServer:
         try:
             model_id = self.router.resolve(*self._default).model_id
             # The first load in a process also pays one-time costs (ONNX Runtime and tokenizer initialisation,
-            # thread pools); load once to pay them, then again to measure the model alone.
-            self._build(model_id).close()
-            release_memory()
+            # thread pools); load once to pay them, then again to measure the model alone. A sharded model's
+            # weights live in its stage actors, so there is nothing here to measure: one build.
+            if self.settings.model.stages <= 1:
+                self._build(model_id).close()
+                release_memory()
             self._preloaded[model_id] = self._build(model_id)
             self._last_default_error = None
         except ModelLoadError as exc:
@@ -468,12 +470,9 @@ class ModelServer:
             return [_error(422, str(exc))]
         self.stats.rows += len(tickets)
         model = f"{predictor.name}:{predictor.version}"
-        metrics.observe("unison_model_batch_duration_seconds", time.perf_counter() - started, path="online",
-                        model=model)
-        metrics.observe("unison_model_batch_size", len(tickets), path="online", model=model)
+        metrics.scored_batch("online", model, len(tickets), time.perf_counter() - started)
         if self.drift is not None:
-            self.drift.observe(f"{predictor.name}:{predictor.version}", predictor.manifest.training_reference,
-                               scored)
+            self.drift.observe(model, predictor.manifest.training_reference, scored)
         records = scored.records()
         out, start = [], 0
         for size in sizes:

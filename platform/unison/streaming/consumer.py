@@ -226,6 +226,18 @@ class TopicConsumer:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._sent.append(self._producer.send(topic, key=key, value=value, headers=headers))
 
+    def decoded(self, records: list[Any], decode: Callable[[bytes], tuple[Any, str | None]]) -> list[tuple[Any, Any]]:
+        """(record, payload) for every record `decode` accepts; the others go to the dead-letter topic with the
+        reason it gave."""
+        good = []
+        for record in records:
+            payload, reason = decode(record.value)
+            if payload is None:
+                self.dead_letter(record, reason or "invalid")
+            else:
+                good.append((record, payload))
+        return good
+
     def dead_letter(self, record: Any, reason: str) -> None:
         """The original bytes to the dead-letter topic, with the reason and where they came from."""
         self.stats.dead_letters += 1
@@ -253,18 +265,14 @@ class TicketStream(TopicConsumer):
         self.score = score
 
     def handle(self, records: list[Any]) -> None:
-        good: list[tuple[Any, Ticket]] = []
-        for record in records:
-            ticket, reason = decode(record.value, self.config.max_text_chars)
-            if ticket is None:
-                self.dead_letter(record, reason or "invalid")
-            else:
-                good.append((record, ticket))
+        good: list[tuple[Any, Ticket]] = self.decoded(records,
+                                                      lambda value: decode(value, self.config.max_text_chars))
         if not good:
             return
         started = time.perf_counter()
         results, headers = self.score([t.model_dump(exclude={"created_at"}) for _, t in good])
         latency_ms = (time.perf_counter() - started) * 1000
+        scored: dict[str, int] = {}
         for (record, ticket), result in zip(good, results, strict=True):
             if "error" in result:
                 # Unscorable for a reason of the ticket itself (the model refused it): dead-letter it.
@@ -277,7 +285,9 @@ class TicketStream(TopicConsumer):
                        ("event_latency_ms", f"{waited_ms:.1f}".encode()),
                        ("source", source(record).encode())])
             self.stats.scored += 1
+            scored[record.topic] = scored.get(record.topic, 0) + 1
             if waited_ms >= 0:
                 metrics.observe("unison_stream_event_duration_seconds", waited_ms / 1000, topic=record.topic)
                 self.window.add(waited_ms / 1000)
-            metrics.inc("unison_stream_records_total", topic=record.topic, outcome="scored")
+        for topic, count in scored.items():  # one counter update per poll, not per record
+            metrics.inc("unison_stream_records_total", count, topic=topic, outcome="scored")

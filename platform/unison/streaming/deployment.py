@@ -146,13 +146,13 @@ class StreamConsumer:
                     log.exception("could not follow %s", self.ref)
             predictor = self.predictor
         started = time.perf_counter()
+        model = f"{predictor.name}:{predictor.version}"
         frame = pd.DataFrame.from_records(tickets)
         rows = attach_online_features(self.features, frame)
         try:
             scored = score_tickets(predictor, rows)
             if self.drift is not None:
-                self.drift.observe(f"{predictor.name}:{predictor.version}", predictor.manifest.training_reference,
-                                   scored)
+                self.drift.observe(model, predictor.manifest.training_reference, scored)
             records = scored.records()
         except PredictorInputError:
             # Score one by one so only the offending ticket is dead-lettered.
@@ -163,10 +163,7 @@ class StreamConsumer:
                 except PredictorInputError as exc:
                     out.append({"error": str(exc)})
             records = out
-        model = f"{predictor.name}:{predictor.version}"
-        metrics.observe("unison_model_batch_duration_seconds", time.perf_counter() - started, path="stream",
-                        model=model)
-        metrics.observe("unison_model_batch_size", len(tickets), path="stream", model=model)
+        metrics.scored_batch("stream", model, len(tickets), time.perf_counter() - started)
         results = []
         for ticket, record in zip(tickets, records, strict=True):
             if "error" in record:
@@ -247,7 +244,7 @@ class FeatureEventConsumer:
         while True:
             if self.features is not None:
                 try:
-                    rows = self.features.freshness()
+                    rows = self.features.freshness(newest_events=False)  # only the materialization end is used
                 except Exception:  # the store is away: keep the last figures
                     log.warning("could not read feature freshness", exc_info=True)
                     rows = []

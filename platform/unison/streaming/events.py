@@ -72,13 +72,7 @@ class FeatureEventStream(TopicConsumer):
     def handle(self, records: list[Any]) -> None:
         from unison.features.store import PushSchemaError, validate_push
 
-        events: list[tuple[Any, dict[str, Any]]] = []
-        for record in records:
-            payload, reason = decode_event(record.value)
-            if payload is None:
-                self.dead_letter(record, reason or "invalid")
-            else:
-                events.append((record, payload))
+        events: list[tuple[Any, dict[str, Any]]] = self.decoded(records, decode_event)
         if not events:
             return
         try:

@@ -26,14 +26,7 @@ SECRET_NAME = re.compile(r"PASSWORD|SASL_USERNAME|_USER$|SECRET|TOKEN|CREDENTIAL
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("UNISON_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # no UNISON_* variables, an empty working dir
 
 
 def _serve_v2(rayservice: dict[str, Any]) -> dict[str, Any]:
