@@ -62,6 +62,19 @@ def test_cross_field_rules() -> None:
         load_settings(kafka={"topics": [{"name": "a"}, {"name": "a"}]})
 
 
+def test_embedded_broker_storage_is_memory_unless_s3_is_chosen() -> None:
+    assert load_settings().kafka.embedded_storage == "memory://tansu/"
+    assert load_settings(kafka={"embedded_storage": "s3://tansu"}).kafka.embedded_storage == "s3://tansu/"
+    for bad in ("file:///var/tansu", "postgres://db/tansu", "s3://", "s3://bucket/prefix/"):
+        with pytest.raises(ConfigError, match=r"kafka\.embedded_storage: .*must be `memory://<name>/` \(not "
+                           r"durable\) or `s3://<bucket>/`") as excinfo:
+            load_settings(kafka={"embedded_storage": bad})
+        assert "UNISON_KAFKA__EMBEDDED_STORAGE" in str(excinfo.value)
+    with pytest.raises(ConfigError) as excinfo:  # credentials belong in AWS_* variables, and are never echoed
+        load_settings(kafka={"embedded_storage": "s3://AKIA:hunter2@bucket/"})
+    assert "hunter2" not in str(excinfo.value) and "s3://***@bucket/" in str(excinfo.value)
+
+
 def test_secrets_are_masked_but_passed_to_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNISON_KAFKA__SASL_PASSWORD", "hunter2")
     settings = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",

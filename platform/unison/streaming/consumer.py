@@ -1,4 +1,4 @@
-"""The streaming loops: consumer-group members that poll a topic, handle each batch, and commit.
+"""The streaming loops: consumers of leased partitions that poll a topic, handle each batch, and commit.
 
 `TopicConsumer` is the loop both streaming deployments share; `TicketStream` scores tickets from the input
 topic into the output topic, and `unison.streaming.events.FeatureEventStream` pushes feature events into Feast.
@@ -7,7 +7,8 @@ every record acknowledged by the broker -- before the batch's offsets are commit
 and commit replays the batch (duplicate outputs, never lost ones); every output carries its input's topic,
 partition and offset in its headers so consumers can deduplicate. A malformed message goes to the dead-letter
 topic with its original bytes and a `reason` header, and its offset is committed with the rest: the partition
-moves on. Broker outages are retried with backoff; the loop only stops when asked.
+moves on. Broker outages are retried with backoff; the loop only stops when asked. Which partitions a loop
+consumes is decided by the partition coordinator (`unison.streaming.ownership`), never by a group rebalance.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from unison.config import KafkaConfig
 from unison.features.ticket import Ticket
 from unison.ops import metrics
 from unison.ops.window import RollingWindow
+from unison.streaming.lag import LagWatch
+from unison.streaming.ownership import Coordinator, Ownership, ray_coordinator
 
 log = logging.getLogger("unison.streaming")
 
@@ -37,24 +40,42 @@ class ConsumerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    group_id: str = Field(description="Kafka consumer group shared by every replica.")
+    group_id: str = Field(description="Kafka consumer group id the replicas commit offsets to (they never join it "
+                                      "as members: partitions are leased by the coordinator, docs/STREAMING.md).")
     max_poll_records: int = Field(default=64, ge=1, le=5000, description="Most records handled per poll (one "
                                                                            "feature lookup, one model or store "
                                                                            "call).")
     poll_timeout_ms: int = Field(default=500, ge=10, description="How long one poll waits for records.")
-    session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")
     max_poll_interval_ms: int = Field(default=60_000, ge=1000,
-                                      description="Longest gap between polls before the group rebalances "
-                                                  "(also kafka-python's rebalance timeout).")
+                                      description="Longest a loop may go without coming round (a hung poll or "
+                                                  "store call) before its leases are left to expire.")
+    heartbeat_s: float = Field(default=1.0, gt=0, le=30, description="How often a replica renews its partition "
+                                                                       "leases with the coordinator.")
+    lease_s: float = Field(default=8.0, gt=0, le=300,
+                           description="A partition lease not renewed for this long expires and the partition "
+                                       "moves (a killed replica's partitions resume after about this long).")
+    stall_after_s: float = Field(default=30.0, gt=0, le=3600,
+                                 description="A replica whose partitions lag without a commit for this long is "
+                                             "stalled: its health check fails and its partitions move.")
+    lag_interval_s: float = Field(default=2.0, gt=0, le=60,
+                                  description="How often a replica reads its group's lag (metric, autoscaling, "
+                                              "stall detection).")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> ConsumerConfig:
+        if self.lease_s < 3 * self.heartbeat_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must be at least 3 heartbeats ({3 * self.heartbeat_s})")
+        if self.stall_after_s <= self.lease_s:
+            raise ValueError(f"stall_after_s ({self.stall_after_s}) must exceed lease_s ({self.lease_s})")
+        return self
 
 
 class StreamConfig(ConsumerConfig):
     """The ticket-scoring deployment's `user_config`."""
 
-    group_id: str = Field(default="unison-scorer", description="Kafka consumer group shared by every replica.")
+    group_id: str = Field(default="unison-scorer", description="Kafka consumer group id the replicas commit "
+                                                               "offsets to.")
     max_text_chars: int = Field(default=20_000, ge=1, description="Longer subject + body goes to the DLQ.")
-    lag_interval_s: float = Field(default=2.0, gt=0, le=60,
-                                  description="How often a replica reads the group's lag (metric and autoscaling).")
 
 
 @dataclass
@@ -69,12 +90,14 @@ class StreamStats:
     last_poll: float = 0.0
     last_error: str | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    committed: dict[int, int] = field(default_factory=dict)  # partition -> the offset this loop last committed
 
     def as_dict(self) -> dict[str, Any]:
         return {"polls": self.polls, "records": self.records, "scored": self.scored, "pushed": self.pushed,
                 "dead_letters": self.dead_letters, "commits": self.commits, "errors": self.errors,
                 "seconds_since_poll": time.monotonic() - self.last_poll if self.last_poll else None,
-                "last_error": self.last_error, "dead_letter_reasons": dict(self.reasons)}
+                "last_error": self.last_error, "dead_letter_reasons": dict(self.reasons),
+                "committed": {str(p): offset for p, offset in sorted(self.committed.items())}}
 
 
 def json_object(value: bytes | None, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
@@ -112,25 +135,40 @@ Scorer = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, 
 
 
 class TopicConsumer:
-    """One consumer-group member: poll, `handle` the batch (its sends and dead letters), flush, check every
-    acknowledgement, commit. Subclasses implement `handle`."""
+    """One consumer of a topic: poll the partitions it holds leases on, `handle` the batch (its sends and dead
+    letters), flush, check every acknowledgement, commit. Subclasses implement `handle`.
+
+    Partitions come from the coordinator (`unison.streaming.ownership`), not from a group rebalance: between
+    polls the loop re-`assign()`s what it may consume, so a partition it gives up has had its last poll
+    committed."""
 
     name = "stream"
 
     def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: ConsumerConfig, topic: str,
-                 dead_letter_topic: str) -> None:
+                 dead_letter_topic: str, lag: LagWatch | None = None,
+                 coordinator: Callable[[], Coordinator] | None = None) -> None:
         self.kafka = kafka
         self.bootstrap_servers = bootstrap_servers
         self.config = config
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self.lag = lag
         self.window = RollingWindow()  # the last minute: records handled, record-to-result seconds
         self.stats = StreamStats()
+        self.ownership = Ownership(
+            coordinator or (lambda: ray_coordinator(config.group_id, topic)), self.name,
+            heartbeat_s=config.heartbeat_s, lease_s=config.lease_s, stall_after_s=config.stall_after_s,
+            max_poll_interval_s=config.max_poll_interval_ms / 1000, partitions=self._partition_count,
+            lag=lag.by_partition if lag is not None else lambda: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
         self._producer: Any = None
+        self._assigned: set[int] = set()
+        self._partitions = 0
+        self._end_checked = self._exported_at = 0.0
         self._sent: list[Any] = []
+        self.progress_at = time.monotonic()  # the last commit, or the last moment nothing was left to do
 
     def handle(self, records: list[Any]) -> None:
         raise NotImplementedError
@@ -144,18 +182,26 @@ class TopicConsumer:
         client_id = options.pop("client_id")
         self._producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=2,
                                        retries=5, client_id=f"{client_id}-{self.name}-producer", **options)
+        # No subscription: partitions are assign()ed from the leases; group_id is only where offsets are
+        # committed and read from (no JoinGroup, no rebalance).
         self._consumer = KafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.config.group_id,
+            bootstrap_servers=self.bootstrap_servers, group_id=self.config.group_id,
             client_id=f"{client_id}-{self.name}-consumer", enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.config.max_poll_records, session_timeout_ms=self.config.session_timeout_ms,
-            heartbeat_interval_ms=max(self.config.session_timeout_ms // 4, 500),
-            max_poll_interval_ms=self.config.max_poll_interval_ms, **options,
+            max_poll_records=self.config.max_poll_records, **options,
         )
+        self._assigned = set()
+        self._partitions = len(self._consumer.partitions_for_topic(self.topic) or ())
+        if not self._partitions:
+            raise RuntimeError(f"topic {self.topic!r} does not exist on {self.bootstrap_servers}")
+
+    def _partition_count(self) -> int:
+        rows = self.lag.fresh() if self.lag is not None else None
+        return max(len(rows or ()), self._partitions)
 
     def _close(self) -> None:
         """Close both clients within a few seconds: unsent records are dropped (their poll was not committed,
-        so it is replayed), and the consumer leaves the group so its partitions move at once. Unbounded, a
-        producer closing against a broker that stopped answering waits forever and the loop hangs."""
+        so it is replayed). Unbounded, a producer closing against a broker that stopped answering waits
+        forever and the loop hangs. The leases are kept: a reconnect resumes the same partitions."""
         closes = ((self._consumer, {"autocommit": False, "timeout_ms": 5000}), (self._producer, {"timeout": 5}))
         for client, options in closes:
             if client is not None:
@@ -164,17 +210,22 @@ class TopicConsumer:
                 except Exception:  # closing a client of a dead broker may fail; nothing to keep
                     log.debug("close failed", exc_info=True)
         self._consumer = self._producer = None
+        self._assigned = set()
 
     # ------------------------------------------------------------------------------------------ loop
 
     def start(self) -> None:
+        self.ownership.start()
         self._thread = threading.Thread(target=self._run, name=f"unison-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Finish the poll in hand (committed), close the clients, then give the leases back."""
         self._stop.set()
+        self.ownership.changed.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.ownership.stop()
 
     @property
     def alive(self) -> bool:
@@ -183,13 +234,16 @@ class TopicConsumer:
     def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            self.ownership.loop_alive()
             try:
                 if self._consumer is None:
                     self._connect()
-                    log.info("consuming %s as group %s", self.topic, self.config.group_id)
+                    log.info("consuming %s (offsets in group %s) as %s", self.topic, self.config.group_id,
+                             self.ownership.member)
                 self.step()
+                self._export_liveness()
                 backoff = 0.5
-            except Exception as exc:  # broker gone, rebalance failure, store down: reconnect with backoff
+            except Exception as exc:  # broker gone, store down: reconnect with backoff (the leases are kept)
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("%s error (%s); reconnecting in %.1f s", self.name, self.stats.last_error, backoff)
@@ -199,29 +253,126 @@ class TopicConsumer:
         self._close()
         log.info("%s stopped", self.name)
 
+    def _reassign(self) -> set[int]:
+        """Take up what the coordinator granted, drop what it moves away (the last poll is committed)."""
+        from kafka import TopicPartition
+
+        wanted = self.ownership.wanted()
+        if wanted != self._assigned:
+            self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
+            if wanted - self._assigned:  # a partition taken up counts from now, not from before it was held
+                self.progress_at = time.monotonic()
+            log.info("%s partitions %s -> %s", self.ownership.member, sorted(self._assigned), sorted(wanted))
+            self._assigned = wanted
+            self.ownership.holding(wanted)
+        return wanted
+
     def step(self) -> int:
-        """Poll once, handle, flush, commit. Returns the number of records handled."""
+        """Re-assign, poll once, handle, flush, commit. Returns the number of records handled."""
         from kafka.structs import OffsetAndMetadata
 
+        if not self._reassign():  # nothing leased (yet): wait for a grant, not for a poll
+            self.ownership.changed.wait(self.config.poll_timeout_ms / 1000)
+            self.progress_at = time.monotonic()
+            return 0
         polled = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms,
                                      max_records=self.config.max_poll_records)
         self.stats.polls += 1
         self.stats.last_poll = time.monotonic()
         records = [record for batch in polled.values() for record in batch]
         if not records:
+            if self._rewound_past_end():
+                return 0
+            self.progress_at = time.monotonic()  # caught up: nothing to commit is not a stall
             return 0
         self._sent = []
         self.handle(records)
-        # Bounded: a producer that lost its broker (or its producer id) can otherwise wait forever, and the
-        # group would evict a member that stops polling. On timeout the loop reconnects and replays the poll.
+        # Bounded: a producer that lost its broker (or its producer id) can otherwise wait forever. On timeout
+        # the loop reconnects and replays the poll.
         self._producer.flush(timeout=30)
         for future in self._sent:  # every output and dead letter acknowledged before the offsets move;
             future.get(timeout=30)  # a failed send raises here, nothing is committed, the batch is replayed
         offsets = {tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()}
         self._consumer.commit(offsets)
+        self.stats.committed.update({tp.partition: meta.offset for tp, meta in offsets.items()})
         self.stats.commits += 1
         self.stats.records += len(records)
+        self.progress_at = time.monotonic()
         return len(records)
+
+    def _rewound_past_end(self) -> bool:
+        """Seek back partitions whose position is past the end of their log; True if any was.
+
+        A broker that lost its log (a restart with memory storage, a recreated topic) has a shorter log than
+        our position. Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and the client resets; Tansu
+        answers with no records, and an assigned consumer (no rebalance to reset it) would wait there
+        forever. Resume from the group's committed offset if it is within the log, else from the beginning."""
+        from kafka import TopicPartition
+
+        now = time.monotonic()
+        if now - self._end_checked < 2.0:
+            return False
+        self._end_checked = now
+        rewound = False
+        for p in sorted(self._assigned):
+            tp = TopicPartition(self.topic, p)
+            end = self._consumer.highwater(tp)
+            if end is None or self._consumer.position(tp) <= end:
+                continue
+            committed = self._consumer.committed(tp)
+            start = committed if committed is not None and committed <= end else \
+                self._consumer.beginning_offsets([tp])[tp]
+            log.warning("%s: partition %d is at %d, past the end of its log (%d): the broker lost data? "
+                        "resuming at %d", self.ownership.member, p, self._consumer.position(tp), end, start)
+            self._consumer.seek(tp, start)
+            rewound = True
+        return rewound
+
+    # ------------------------------------------------------------------------------------------ liveness
+
+    def stall(self) -> str | None:
+        """Why this consumer makes no progress, or None: its loop died, the coordinator declared it stalled,
+        its own partitions lag without a commit for `stall_after_s`, or the balanced assignment gives it
+        partitions that it has not been granted for that long while they lag."""
+        if not self.alive:
+            return "the consumer loop is not running"
+        if self.ownership.stalled:
+            return f"stalled (coordinator): {self.ownership.stalled}"
+        if self.ownership.error and "has not gone round" in self.ownership.error:
+            return self.ownership.error
+        rows = self.lag.fresh() if self.lag is not None else None
+        if rows is None:  # no recent lag read (the broker is away): a stall cannot be told from an outage
+            return None
+        idle = time.monotonic() - self.progress_at
+        lagging = {r.partition: r.lag for r in rows if r.lag > 0}
+        mine = {p: lag for p, lag in lagging.items() if p in self._assigned}
+        if mine and idle > self.config.stall_after_s:
+            return (f"partitions {sorted(mine)} have {sum(mine.values())} records of lag and no commit for "
+                    f"{idle:.0f} s (stall_after_s {self.config.stall_after_s:.0f})")
+        target = set(self.ownership.answer.get("target", ()))
+        waiting = target - self._assigned
+        if waiting & set(lagging) and not self._assigned and idle > self.config.stall_after_s:
+            return (f"assigned partitions {sorted(waiting)} by the balance but granted none for {idle:.0f} s "
+                    "while they lag")
+        return None
+
+    def _export_liveness(self) -> None:
+        """The per-replica ownership gauges, at most once a second (from the loop, whoever asks for status)."""
+        now = time.monotonic()
+        if now - self._exported_at < 1.0:
+            return
+        self._exported_at = now
+        tags = {"group": self.config.group_id, "topic": self.topic, "member": self.ownership.member}
+        metrics.set_gauge("unison_stream_partitions_owned", len(self._assigned), **tags)
+        metrics.set_gauge("unison_stream_seconds_since_commit", now - self.progress_at, **tags)
+
+    def liveness(self) -> dict[str, Any]:
+        """Ownership and progress for `/v1/stream`."""
+        since = time.monotonic() - self.progress_at
+        rows = self.lag.fresh() if self.lag is not None else None
+        lagging = sum(r.lag for r in rows or ())
+        return {**self.ownership.status(), "seconds_since_progress": round(since, 1),
+                "idle_with_lag": bool(not self._assigned and lagging > 0), "stall": self.stall()}
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._sent.append(self._producer.send(topic, key=key, value=value, headers=headers))
@@ -259,8 +410,10 @@ class TicketStream(TopicConsumer):
 
     name = "stream"
 
-    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: StreamConfig, score: Scorer) -> None:
-        super().__init__(kafka, bootstrap_servers, config, kafka.input_topic, kafka.dead_letter_topic)
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: StreamConfig, score: Scorer,
+                 lag: LagWatch | None = None, coordinator: Callable[[], Coordinator] | None = None) -> None:
+        super().__init__(kafka, bootstrap_servers, config, kafka.input_topic, kafka.dead_letter_topic, lag,
+                         coordinator)
         self.config: StreamConfig = config
         self.score = score
 
@@ -272,6 +425,7 @@ class TicketStream(TopicConsumer):
         started = time.perf_counter()
         results, headers = self.score([t.model_dump(exclude={"created_at"}) for _, t in good])
         latency_ms = (time.perf_counter() - started) * 1000
+        member = self.ownership.member.encode()
         scored: dict[str, int] = {}
         for (record, ticket), result in zip(good, results, strict=True):
             if "error" in result:
@@ -283,7 +437,7 @@ class TicketStream(TopicConsumer):
                       [*((k, v.encode()) for k, v in headers.items()),
                        ("latency_ms", f"{latency_ms:.1f}".encode()),
                        ("event_latency_ms", f"{waited_ms:.1f}".encode()),
-                       ("source", source(record).encode())])
+                       ("source", source(record).encode()), ("consumer", member)])
             self.stats.scored += 1
             scored[record.topic] = scored.get(record.topic, 0) + 1
             if waited_ms >= 0:

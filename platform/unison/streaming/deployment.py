@@ -1,16 +1,18 @@
-"""The streaming deployments: each Serve replica is one member of a Kafka consumer group.
+"""The streaming deployments: each Serve replica consumes the partitions it holds leases on.
 
 `StreamConsumer` scores tickets from the input topic; `FeatureEventConsumer` pushes customer activity events
 into Feast (`unison.streaming.events`). For the scorer:
 
-Partitions spread over the replicas and move when replicas come and go (Kafka's group rebalance). The loop runs
-in a thread started after the replica is constructed (`reconfigure`, which Serve calls with the `user_config`),
-and stops cleanly -- leaving the group -- when Serve shuts the replica down. Scoring is the one scoring step
-(online features for the whole poll in one lookup, the one transform, the Predictor); the served version follows
-the registry alias (re-read every few seconds), so a promote reaches the stream too. Every few seconds a replica
-reads its group's lag (without joining or disturbing the group), exports it as the `unison_kafka_consumer_lag`
-gauge per partition, and reports it to Serve's autoscaler (`record_autoscaling_stats`) for the lag-based policy
-in `unison.streaming.autoscaling`.
+Partitions spread over the replicas and move when replicas come and go, by leases from the partition
+coordinator (`unison.streaming.ownership`), never by a Kafka group rebalance. The loop runs in a thread started
+after the replica is constructed (`reconfigure`, which Serve calls with the `user_config`), and stops cleanly --
+committing, then giving its leases back -- when Serve shuts the replica down. A replica that makes no progress
+while its partitions lag fails its health check (`TopicConsumer.stall`), so Serve replaces it. Scoring is the
+one scoring step (online features for the whole poll in one lookup, the one transform, the Predictor); the
+served version follows the registry alias (re-read every few seconds), so a promote reaches the stream too.
+Every few seconds a replica reads its group's lag (`unison.streaming.lag.LagWatch`: the
+`unison_kafka_consumer_lag` gauge per partition, stall detection) and reports it to Serve's autoscaler
+(`record_autoscaling_stats`) for the lag-based policy in `unison.streaming.autoscaling`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import pandas as pd
 
 from unison.config import Settings, load_settings
 from unison.ops import metrics
-from unison.streaming.consumer import StreamConfig, TicketStream
+from unison.streaming.consumer import ConsumerConfig, StreamConfig, TicketStream, TopicConsumer
 from unison.streaming.events import FeatureEventConfig, FeatureEventStream
-from unison.streaming.lag import LagReader
+from unison.streaming.lag import LagWatch
 
 log = logging.getLogger("unison.streaming")
 
@@ -67,11 +69,7 @@ class StreamConsumer:
         self.stream: TicketStream | None = None
         self.config = StreamConfig()
         self.disabled = _disabled(self.settings)
-        self.lag: dict[str, float] = {}  # the last read: total lag and partition count
-        self.lag_error: str | None = None
-        self._lag_stop = threading.Event()
-        self._lag_thread: threading.Thread | None = None
-        self._lag_gauge: Any = None
+        self.lag: LagWatch | None = None
 
     def _load(self) -> None:
         from unison.model.predictor import predictor_for
@@ -94,44 +92,23 @@ class StreamConsumer:
         self.config = parsed
         if self.disabled:
             return
-        if self._lag_thread is None:  # lag is worth reporting even while the model cannot load
-            self._lag_thread = threading.Thread(target=self._watch_lag, name="unison-lag", daemon=True)
-            self._lag_thread.start()
+        # Lag is worth reporting even while the model cannot load.
+        self.lag = _lag_watch(self.lag, self.settings, parsed, self.settings.kafka.input_topic)
         if self.load_error:
             return
         if self.stream is not None:
             self.stream.stop()
         assert self.settings.kafka.bootstrap_servers is not None
-        self.stream = TicketStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed, self._score)
+        self.stream = TicketStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed, self._score,
+                                   lag=self.lag)
         self.stream.start()
-
-    def _watch_lag(self) -> None:
-        from ray.util.metrics import Gauge
-
-        self._lag_gauge = Gauge("unison_kafka_consumer_lag", description="Records in a partition not yet "
-                                "committed by the consumer group (end offset - committed offset).",
-                                tag_keys=("group", "topic", "partition"))
-        assert self.settings.kafka.bootstrap_servers is not None
-        reader = LagReader(self.settings.kafka, self.settings.kafka.bootstrap_servers)
-        while not self._lag_stop.wait(self.config.lag_interval_s):
-            try:
-                rows = reader.read(self.config.group_id)
-            except Exception as exc:  # broker away: keep the last figures, say so, retry next time
-                self.lag_error = f"{type(exc).__name__}: {exc}"
-                continue
-            self.lag_error = None
-            for row in rows:
-                self._lag_gauge.set(row.lag, tags={"group": row.group, "topic": row.topic,
-                                                   "partition": str(row.partition)})
-            self.lag = {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows)),
-                        "read_at": time.time()}
-        reader.close()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics hook: the group's lag and the input topic's partition count."""
-        if not self.lag or time.time() - self.lag["read_at"] > max(30.0, 5 * self.config.lag_interval_s):
+        rows = self.lag.fresh(max(30.0, 5 * self.config.lag_interval_s)) if self.lag is not None else None
+        if not rows:
             return {}  # nothing (recent) read: the policy holds rather than acting on a stale figure
-        return {"lag": self.lag["lag"], "partitions": self.lag["partitions"]}
+        return {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows))}
 
     def _score(self, tickets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         from unison.model.predictor import PredictorInputError
@@ -176,11 +153,11 @@ class StreamConsumer:
         return results, headers
 
     async def check_health(self) -> None:
-        """Raise when the consumer loop died (Serve then replaces the replica); retry a failed load."""
+        """Raise when the consumer loop died or makes no progress while its partitions lag (Serve then
+        replaces the replica); retry a failed load."""
         if self.load_error and time.monotonic() - self._attempted >= RETRY_LOAD_S:
             await asyncio.to_thread(self._retry_load)
-        if self.disabled is None and self.stream is not None and not self.stream.alive:
-            raise RuntimeError("the consumer loop is not running")
+        _raise_if_stalled(self.disabled, self.stream)
 
     def _retry_load(self) -> None:
         from unison.features.store import Features
@@ -200,17 +177,44 @@ class StreamConsumer:
         return {"replica_pid": os.getpid(), "disabled": self.disabled, "load_error": self.load_error,
                 "config": self.config.model_dump(),
                 "model_version": getattr(self.predictor, "version", None),
-                "lag": {k: v for k, v in self.lag.items() if k != "read_at"}, "lag_error": self.lag_error,
+                **_lag_status(self.lag),
+                "ownership": self.stream.liveness() if self.stream is not None else None,
                 "stats": self.stream.stats.as_dict() if self.stream is not None else None,
                 "window": self.stream.window.stats() if self.stream is not None else None}
 
-    def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
-        lag_stop = getattr(self, "_lag_stop", None)
-        if lag_stop is not None:
-            lag_stop.set()
-        stream = getattr(self, "stream", None)
-        if stream is not None:
-            stream.stop()
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: commit, give the leases back
+        _shut(getattr(self, "stream", None), getattr(self, "lag", None))
+
+
+def _lag_watch(current: LagWatch | None, settings: Settings, config: ConsumerConfig, topic: str) -> LagWatch:
+    """The replica's lag reader for `config`'s group (a new one when the group or interval changed)."""
+    if current is not None and (current.group, current.interval_s) == (config.group_id, config.lag_interval_s):
+        return current
+    if current is not None:
+        current.stop()
+    assert settings.kafka.bootstrap_servers is not None
+    return LagWatch(settings.kafka, settings.kafka.bootstrap_servers, config.group_id, topic,
+                    config.lag_interval_s).start()
+
+
+def _lag_status(lag: LagWatch | None) -> dict[str, Any]:
+    rows = lag.fresh() if lag is not None else None
+    return {"lag": None if rows is None else {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows))},
+            "lag_error": lag.error if lag is not None else None}
+
+
+def _raise_if_stalled(disabled: str | None, stream: TopicConsumer | None) -> None:
+    if disabled is None and stream is not None:
+        why = stream.stall()
+        if why:
+            raise RuntimeError(why)
+
+
+def _shut(stream: TopicConsumer | None, lag: LagWatch | None) -> None:
+    if lag is not None:
+        lag.stop()
+    if stream is not None:
+        stream.stop()
 
 
 def _disabled(settings: Settings) -> str | None:
@@ -234,6 +238,7 @@ class FeatureEventConsumer:
         self._attempted = 0.0
         self.disabled = _disabled(self.settings)
         self.freshness: list[dict[str, Any]] = []
+        self.lag: LagWatch | None = None
         self._open()
         self._fresh_stop = threading.Event()
         threading.Thread(target=self._watch_freshness, name="unison-freshness", daemon=True).start()
@@ -282,23 +287,26 @@ class FeatureEventConsumer:
         if self.stream is not None and parsed == self.config and self.stream.alive:
             return
         self.config = parsed
-        if self.disabled or self.features is None:
+        if self.disabled:
+            return
+        self.lag = _lag_watch(self.lag, self.settings, parsed, self.settings.kafka.feature_events_topic)
+        if self.features is None:
             return
         if self.stream is not None:
             self.stream.stop()
         assert self.settings.kafka.bootstrap_servers is not None
         self.stream = FeatureEventStream(self.settings.kafka, self.settings.kafka.bootstrap_servers, parsed,
-                                         self.features.push)
+                                         self.features.push, lag=self.lag)
         self.stream.start()
 
     async def check_health(self) -> None:
-        """Raise when the consumer loop died (Serve replaces the replica); retry an unavailable store."""
+        """Raise when the consumer loop died or makes no progress while its partitions lag (Serve replaces the
+        replica); retry an unavailable store."""
         if self.features is None and time.monotonic() - self._attempted >= RETRY_LOAD_S:
             await asyncio.to_thread(self._open)
             if self.features is not None:
                 self.reconfigure(self.config.model_dump())
-        if self.disabled is None and self.stream is not None and not self.stream.alive:
-            raise RuntimeError("the feature-event loop is not running")
+        _raise_if_stalled(self.disabled, self.stream)
 
     def status(self) -> dict[str, Any]:
         stream = self.stream
@@ -307,10 +315,9 @@ class FeatureEventConsumer:
                 "newest_event": stream.newest_event.isoformat() if stream and stream.newest_event is not None
                 else None,
                 "last_push_seconds": stream.last_push_seconds if stream else None,
-                "freshness": self.freshness,
+                "freshness": self.freshness, **_lag_status(self.lag),
+                "ownership": stream.liveness() if stream is not None else None,
                 "stats": stream.stats.as_dict() if stream is not None else None}
 
-    def __del__(self) -> None:  # Serve calls it on graceful shutdown: leave the group
-        stream = getattr(self, "stream", None)
-        if stream is not None:
-            stream.stop()
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: commit, give the leases back
+        _shut(getattr(self, "stream", None), getattr(self, "lag", None))

@@ -23,6 +23,8 @@ from pydantic import Field
 
 from unison.config import KafkaConfig
 from unison.streaming.consumer import ConsumerConfig, TopicConsumer, json_object
+from unison.streaming.lag import LagWatch
+from unison.streaming.ownership import Coordinator
 
 MAX_EVENT_BYTES = 16 * 1024
 
@@ -61,9 +63,10 @@ class FeatureEventStream(TopicConsumer):
 
     name = "feature-events"
 
-    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: FeatureEventConfig, push: Push) -> None:
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: FeatureEventConfig, push: Push,
+                 lag: LagWatch | None = None, coordinator: Callable[[], Coordinator] | None = None) -> None:
         super().__init__(kafka, bootstrap_servers, config, kafka.feature_events_topic,
-                         kafka.feature_events_dead_letter_topic)
+                         kafka.feature_events_dead_letter_topic, lag, coordinator)
         self.push = push
         self.newest_event: pd.Timestamp | None = None
         self.last_push_seconds: float | None = None

@@ -7,6 +7,7 @@ A partition the group never committed counts from its beginning offset (everythi
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -114,3 +115,57 @@ def _high_watermarks(reader: Any, partitions: list[Any]) -> dict[Any, int]:
     for tp in partitions:  # an empty partition may never answer a fetch: its listed end is right
         marks.setdefault(tp, listed[tp])
     return marks
+
+
+class LagWatch:
+    """A thread that reads one group's lag on one topic every `interval_s`: the gauge
+    `unison_kafka_consumer_lag` per partition, the figures for autoscaling, and per-partition lag for the
+    partition coordinator's stall detection. Runs whether or not the replica's own loop does (lag is worth
+    reporting while a model cannot load)."""
+
+    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, group: str, topic: str,
+                 interval_s: float) -> None:
+        self.kafka, self.bootstrap_servers = kafka, bootstrap_servers
+        self.group, self.topic, self.interval_s = group, topic, interval_s
+        self.rows: list[PartitionLag] = []
+        self.read_at: float | None = None  # wall clock of the last good read
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LagWatch:
+        self._thread = threading.Thread(target=self._run, name=f"unison-lag-{self.group}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from unison.ops import metrics
+
+        reader = LagReader(self.kafka, self.bootstrap_servers)
+        while not self._stop.wait(self.interval_s):
+            try:
+                rows = reader.read(self.group, [self.topic])
+            except Exception as exc:  # broker away: keep the last figures, say so, retry next time
+                self.error = f"{type(exc).__name__}: {exc}"
+                continue
+            self.error = None
+            self.rows, self.read_at = rows, time.time()
+            for row in rows:
+                metrics.set_gauge("unison_kafka_consumer_lag", row.lag, group=row.group, topic=row.topic,
+                                  partition=str(row.partition))
+        reader.close()
+
+    def fresh(self, max_age_s: float | None = None) -> list[PartitionLag] | None:
+        """The last read if it is recent (default: within 5 intervals, at least 15 s), else None."""
+        limit = max_age_s if max_age_s is not None else max(15.0, 5 * self.interval_s)
+        if self.read_at is None or time.time() - self.read_at > limit:
+            return None
+        return self.rows
+
+    def by_partition(self) -> dict[int, tuple[int | None, int]] | None:
+        """partition -> (committed offset, lag) from a recent read, for the coordinator."""
+        rows = self.fresh()
+        return None if rows is None else {r.partition: (r.committed, r.lag) for r in rows}

@@ -18,6 +18,8 @@ TESTS = PROMETHEUS / "alerts_test.yaml"
 CONFIG = PROMETHEUS / "prometheus.yml"
 EXPECTED = {  # alert -> what it watches (docs/OPS.md, "Alerts")
     "UnisonConsumerLagGrowing": "ray_unison_kafka_consumer_lag",
+    "UnisonStreamPartitionsUnowned": "ray_unison_stream_unowned_lagging_partitions",
+    "UnisonStreamStalled": "ray_unison_stream_stalled_partitions",
     "UnisonOnlineLatencyHigh": "ray_unison_http_request_duration_seconds_bucket",
     "UnisonHttpErrorRatioHigh": "ray_unison_http_requests_total",
     "UnisonFeaturesStale": "ray_unison_feature_freshness_seconds",

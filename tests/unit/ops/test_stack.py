@@ -91,3 +91,23 @@ def test_unreachable_external_components_are_reported(settings: Settings) -> Non
                              kafka={"bootstrap_servers": f"127.0.0.1:{closed}"})
     assert [(s.name, s.managed, s.health) for s in stack.status(external)] == [
         ("ray", False, "unreachable"), ("kafka", False, "unreachable")]
+
+
+@pytest.mark.parametrize(("storage", "note"), [
+    ("s3://tansu/", "object storage s3://tansu/: records and committed offsets survive a restart"),
+    ("memory://tansu/", stack.BROKER_STORAGE_NOTE),
+    (None, stack.BROKER_STORAGE_NOTE),  # recorded before the option existed: memory was the only engine
+])
+def test_status_says_whether_the_brokers_storage_survives_a_restart(settings: Settings, storage: str | None,
+                                                                     note: str) -> None:
+    (closed,) = stack.free_ports(1)
+    proc = subprocess.Popen(["sleep", "30"])  # alive, so probed (nothing listens: unhealthy), not crashed
+    try:
+        component = stack.ComponentState(name="kafka", managed=True, address=f"127.0.0.1:{closed}",
+                                         process=stack.ProcessRef.of(proc.pid), storage=storage)
+        stack._save_state(settings, stack.StackState(components={"kafka": component}))
+        kafka = {s.name: s for s in stack.status(settings)}["kafka"]
+        assert kafka.health == "unhealthy" and kafka.detail.endswith(f"; {note}"), kafka
+    finally:
+        proc.kill()
+        proc.wait()
