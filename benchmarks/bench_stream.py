@@ -7,8 +7,8 @@ Predictor in the same run, and event latency at 50% and 90% of the sustained rat
 Starts its own embedded stack (Ray + Tansu), deploys deploy/serve.yaml (one StreamConsumer replica), and:
 1. raw Predictor: the same tickets scored in this process in polls of `max_poll_records` (online features +
    transform + predict), rows/s;
-2. saturation: `--events` tickets produced as fast as the broker takes them; events/s = tickets / (last
-   output's time - first input's time), read from the output topic;
+2. saturation: `--events` tickets produced as fast as the broker takes them; events/s = tickets / (time
+   until the group's lag is 0 again - first input's time); the outputs are read and counted afterwards;
 3. paced runs at 50% and 90% of that rate for `--seconds`: p50/p99 of each event's latency (the output's
    `event_latency_ms` header: from the input record's timestamp to the output being produced);
 4. churn (`--churn-events`, paced at 60% of sustained): a scale step 1 -> 2 StreamConsumer replicas, then a
@@ -102,15 +102,25 @@ def main() -> int:
         produce(settings.kafka, address, messages(run, frame.head(100)))
         outputs(run, 100, 120)
 
-        # 2. Saturation.
+        # 2. Saturation. Timed to the moment the group's lag is back to 0 (every output acknowledged, then
+        # committed), read every 0.2 s; the outputs are counted afterwards, so no reader competes for the CPU.
+        from unison.streaming.lag import LagReader
+
+        lag = LagReader(settings.kafka, address)
         run = uuid.uuid4().hex[:6]
         rows = frame.head(args.events)
         t0 = time.time()
         sender = threading.Thread(target=produce, args=(settings.kafka, address, messages(run, rows)))
         sender.start()
-        done = outputs(run, len(rows), 600)
-        sender.join()
+        deadline = time.monotonic() + 600
+        while sender.is_alive() or sum(r.lag for r in lag.read("unison-scorer")) > 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         elapsed = time.time() - t0
+        lag.close()
+        sender.join()
+        done = outputs(run, len(rows), 120)
         sustained = len(done) / elapsed
         print(f"saturation: {len(done):,} of {len(rows):,} events in {elapsed:.1f} s = {sustained:,.0f} events/s "
               f"end to end", flush=True)

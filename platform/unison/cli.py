@@ -23,7 +23,7 @@ app = typer.Typer(
     help=(
         "Unison serves one Feast feature definition and one optimized ONNX model on three paths that always "
         "agree: batch (a Ray Data job), online (a Ray Serve HTTP application) and streaming (Ray Serve "
-        "replicas in one Kafka consumer group).\n\n"
+        "replicas consuming a Kafka topic's partitions by lease).\n\n"
         "Configuration comes from a YAML file (--config, else $UNISON_CONFIG, else ./unison.yaml) with "
         "UNISON_* environment overrides, nested keys joined by `__` (UNISON_KAFKA__BOOTSTRAP_SERVERS=host:9092). "
         "`unison config show` prints what is in effect.\n\n"

@@ -180,8 +180,12 @@ class TopicConsumer:
 
         options = self.kafka.client_options()
         client_id = options.pop("client_id")
+        # Not idempotent: delivery is at-least-once with a dedupe key on every output anyway, and an idempotent
+        # producer's id does not survive a restart of a broker that lost its state (Tansu on memory storage
+        # answers UnknownProducerId to every retry until the flush times out).
         self._producer = KafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=2,
-                                       retries=5, client_id=f"{client_id}-{self.name}-producer", **options)
+                                       retries=5, enable_idempotence=False,
+                                       client_id=f"{client_id}-{self.name}-producer", **options)
         # No subscription: partitions are assign()ed from the leases; group_id is only where offsets are
         # committed and read from (no JoinGroup, no rebalance).
         self._consumer = KafkaConsumer(

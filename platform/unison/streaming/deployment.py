@@ -226,7 +226,7 @@ def _disabled(settings: Settings) -> str | None:
 
 
 class FeatureEventConsumer:
-    """A Serve deployment class: one member of the feature-event consumer group per replica."""
+    """A Serve deployment class: each replica consumes the feature-event partitions it holds leases on."""
 
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -195,10 +195,9 @@ class LeaseTable:
             p = int(p)
             self.lag[p] = int(behind)
             seen = self.progress.get(p)
-            # Members read the lag at different moments: only a committed offset that moved forward counts.
-            moved = seen is not None and committed is not None and (seen.committed is None
-                                                                    or committed > seen.committed)
-            if seen is None or moved or behind <= 0:
+            # Any change counts, a committed offset that went away or back too (a broker that lost its log):
+            # the clock measures how long nothing happened.
+            if seen is None or committed != seen.committed or behind <= 0:
                 self.progress[p] = _Progress(committed, now)
 
     def _stalled_partitions(self, now: float) -> set[int]:
