@@ -77,7 +77,11 @@ def main() -> int:
 
     stack.up(settings)
     try:
-        deploy.up(settings, progress=lambda line: None)
+        # One StreamConsumer replica against one in-process Predictor: the lag policy would add a second replica
+        # during the burst, which on two cores only splits them (and loads a model on them meanwhile). Scale
+        # steps keep the policy and pin its bounds: dropping it changes the application's code version, and
+        # Serve then restarts every deployment.
+        deploy.up(settings, overrides=_replicas(settings, 1), progress=lambda line: None)
         address = stack.endpoints(settings).kafka_bootstrap_servers
 
         def messages(run: str, rows: pd.DataFrame) -> Any:
@@ -168,6 +172,18 @@ def main() -> int:
     return 0
 
 
+def _replicas(settings: Any, replicas: int) -> dict[str, Any]:
+    """Deploy overrides that pin the StreamConsumer's lag policy to `replicas`."""
+    import yaml
+
+    from unison.serving.app import STREAM
+
+    config = yaml.safe_load(settings.serving.config_file.read_text())
+    scaling = next(d for d in config["applications"][0]["deployments"] if d["name"] == STREAM)["autoscaling_config"]
+    bounds = {"min_replicas": replicas, "initial_replicas": replicas, "max_replicas": replicas}
+    return {f"unison/{STREAM}": {"autoscaling_config": {**scaling, **bounds}}}
+
+
 def _churn(settings: Any, address: str, messages: Any, frame: Any, rate: float, count: int) -> dict[str, Any]:
     """Scale 1 -> 2 and SIGKILL the newcomer while tickets stream in at `rate`; chart lag and per-replica
     throughput."""
@@ -178,7 +194,6 @@ def _churn(settings: Any, address: str, messages: Any, frame: Any, rate: float, 
     import pandas as pd
 
     from unison.serving import deploy
-    from unison.serving.app import STREAM
     from unison.streaming.lag import LagReader
     from unison.streaming.tools import produce, tail
 
@@ -214,7 +229,6 @@ def _churn(settings: Any, address: str, messages: Any, frame: Any, rate: float, 
             time.sleep(0.3)
         return found
 
-    key = f"unison/{STREAM}"
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     sender = threading.Thread(target=produce, args=(settings.kafka, address, messages(run, rows)),
@@ -224,8 +238,7 @@ def _churn(settings: Any, address: str, messages: Any, frame: Any, rate: float, 
         time.sleep(min(10.0, count / rate / 5))  # a steady state first (benchmark pacing, not a test wait)
         before = set(wait(owners))
         events.append((time.time() - t0, "scale 1 -> 2"))
-        deploy.up(settings, overrides={key: {"num_replicas": 2, "autoscaling_config": None}},
-                  progress=lambda line: None)
+        deploy.up(settings, overrides=_replicas(settings, 2), progress=lambda line: None)
         two = wait(lambda: len(found := owners()) == 2 and found)
         victim = next(m for m in two if m not in before)
         os.kill(int(victim.split("-")[1]), signal.SIGKILL)
@@ -235,16 +248,12 @@ def _churn(settings: Any, address: str, messages: Any, frame: Any, rate: float, 
         for record in tail(settings.kafka, address, settings.kafka.output_topic, from_beginning=True,
                            timeout_s=300):
             if (record["key"] or "").startswith(run):
-                got.setdefault(record["key"], (float(record["headers"].get("event_latency_ms", 0)),
-                                               record["headers"].get("consumer", "?")))
+                got.setdefault(record["key"], (record["timestamp"] / 1000 - t0, record["headers"].get("consumer", "?")))
                 if len(got) >= count:
                     break
     finally:
         stop.set()
-        deploy.up(settings, progress=lambda line: None)
-    # Output times: the input's production time (paced from t0) plus its event latency.
-    produced = {f"{run}-{i}": i / rate for i in range(count)}
-    done = sorted((produced[k] + latency / 1000, member) for k, (latency, member) in got.items())
+    done = sorted(got.values())  # (seconds since t0 when the output was produced, the replica that scored it)
     pauses = {}
     for at, name in events:
         after = [t for t, _ in done if t > at]
@@ -273,13 +282,14 @@ def _chart(lags: list[tuple[float, int]], done: list[tuple[float, str]], events:
     top.set_ylabel("group lag (records)")
     members = sorted({m for _, m in done})
     end = int(max((t for t, _ in done), default=0)) + 1
-    for member in members:
-        per_second = [0] * end
+    for member in members:  # outputs per second, averaged over 3 s (a poll's outputs land together)
+        per_second = [0] * (end + 2)
         for t, m in done:
-            if m == member:
+            if m == member and t >= 0:
                 per_second[int(t)] += 1
-        bottom.plot(range(end), per_second, label=member)
-    bottom.set_ylabel("outputs/s per replica")
+        smooth = [sum(per_second[max(0, i - 1):i + 2]) / len(per_second[max(0, i - 1):i + 2]) for i in range(end)]
+        bottom.plot(range(end), smooth, label=member)
+    bottom.set_ylabel("outputs/s per replica (3 s mean)")
     bottom.set_xlabel("seconds since the churn run started")
     bottom.legend(loc="upper right", fontsize=8)
     for axis in (top, bottom):

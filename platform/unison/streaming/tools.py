@@ -118,6 +118,7 @@ def tail(kafka: KafkaConfig, bootstrap_servers: str, topic: str, from_beginning:
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
                     yield {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                           "timestamp": record.timestamp,
                            "key": record.key.decode(errors="replace") if record.key else None,
                            "headers": {k: v.decode(errors="replace") for k, v in record.headers or []},
                            "value": _value(record.value)}

@@ -364,8 +364,14 @@ def test_the_stream_keeps_consuming_through_replica_churn_and_a_broker_restart(
         resumed[step] = commits.resumed_after(since, bound)
         print(f"\n{step}: consumption resumed after {resumed[step]:.1f} s", flush=True)
 
+    config = yaml.safe_load(serve_settings.serving.config_file.read_text())
+    scaling = next(d for d in config["applications"][0]["deployments"] if d["name"] == STREAM)["autoscaling_config"]
+
     def scale(replicas: int, **user_config: Any) -> None:
-        options: dict[str, Any] = {"num_replicas": replicas, "autoscaling_config": None}
+        """A scale step as the lag policy makes one: the same policy with its bounds pinned (dropping the
+        policy would change the application's code version and restart every deployment)."""
+        bounds = {"min_replicas": replicas, "initial_replicas": replicas, "max_replicas": replicas}
+        options: dict[str, Any] = {"autoscaling_config": {**scaling, **bounds}}
         if user_config:
             options["user_config"] = {"group_id": "unison-scorer", **user_config}
         deploy.up(serve_settings, overrides={key: options}, progress=lambda line: None)
@@ -376,7 +382,7 @@ def test_the_stream_keeps_consuming_through_replica_churn_and_a_broker_restart(
     try:
         sender.start()
         before = set(wait(members, "the first replica's partitions"))
-        scale(2)  # 1 -> 2 (a rolling restart of the application): the newcomer gets half once released
+        scale(2)  # 1 -> 2: the newcomer gets half the partitions once the first replica released them
         two = wait(lambda: len(found := members()) == 2 and all(found.values()) and found, "two owners")
         measured("scale 1 -> 2", time.monotonic())
 
