@@ -313,8 +313,8 @@ class _RayCoordinator:
 
 
 class LocalCoordinator:
-    """A `LeaseTable` in this process, behind a lock: for a consumer run outside Ray (benchmarks, tests of the
-    consumer's own logic) -- one process, so it owns every partition it is given."""
+    """A `LeaseTable` in this process, behind a lock: the coordinator of consumers that all run in one process
+    outside Ray (tests of a consumer's own logic)."""
 
     def __init__(self, table: LeaseTable | None = None) -> None:
         self.table = table or LeaseTable()
