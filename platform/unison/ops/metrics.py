@@ -9,6 +9,7 @@ touches them. Base units: seconds and bytes; counters end in `_total`.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
@@ -65,8 +66,16 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                             LATENCY_BUCKETS),
 }
 
+# Ray's metrics agent forgets a gauge series that its process has not recorded for two export intervals (about
+# 20 s by default), so a value set once (a parity result, a cache size, an idle queue depth) would vanish from
+# Prometheus while it is still true. Each process therefore keeps its gauges' last values and records them again
+# every GAUGE_REFRESH_S: a gauge holds until it is set again or its process ends.
+GAUGE_REFRESH_S = 5.0
+
 _lock = threading.Lock()
 _made: dict[str, Any] = {}
+_held: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_refresher: threading.Thread | None = None
 
 
 class _Unrecorded:
@@ -112,7 +121,26 @@ def inc(name: str, value: float = 1.0, **tags: str) -> None:
 
 
 def set_gauge(name: str, value: float, **tags: str) -> None:
-    metric(name).set(value, tags=tags or None)
+    """Set a gauge series; it is re-recorded every GAUGE_REFRESH_S until set again (see GAUGE_REFRESH_S)."""
+    gauge = metric(name)
+    gauge.set(value, tags=tags or None)
+    if isinstance(gauge, _Unrecorded):
+        return
+    global _refresher
+    with _lock:
+        _held[(name, tuple(sorted(tags.items())))] = value
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_held, name="unison-gauge-refresh", daemon=True)
+            _refresher.start()
+
+
+def _refresh_held() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _lock:
+            held = list(_held.items())
+        for (name, tags), value in held:
+            _made[name].set(value, tags=dict(tags) or None)
 
 
 def scored_batch(path: str, model: str, rows: int, seconds: float) -> None:
