@@ -854,9 +854,9 @@ def batch_submit(
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Rows per scoring call.")] = 1024,
     actors: Annotated[int | None, typer.Option(help="Scoring actors. Default: sized from the cluster.")] = None,
-    cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor.")] = 1.0,
-    join_cpus: Annotated[float, typer.Option(help="CPUs reserved per point-in-time join task (lower it to run "
-                                                  "next to a Serve application).")] = 0.5,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor (less when fewer are free).")] = 1.0,
+    join_cpus: Annotated[float, typer.Option(help="CPUs reserved per point-in-time join task.")] = 0.5,
+    task_cpus: Annotated[float, typer.Option(help="CPUs reserved per read, validate and write task.")] = 0.25,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (fractions allowed).")] = 0.0,
     actor_placement: Annotated[str, typer.Option(help="DEFAULT (pack where free) | SPREAD (one actor per node "
                                                       "where possible, e.g. one per GPU node).")] = "DEFAULT",
@@ -883,7 +883,7 @@ def batch_submit(
     try:
         config = BatchJobConfig(tickets=tickets, output=output, model=model, variant=variant, device=device,  # type: ignore[arg-type]
                                 batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                                join_cpus=join_cpus, gpus_per_actor=gpus_per_actor,
+                                join_cpus=join_cpus, task_cpus=task_cpus, gpus_per_actor=gpus_per_actor,
                                 actor_placement=actor_placement,  # type: ignore[arg-type]
                                 object_store_memory_bytes=object_store_memory,
                                 run_id=run_id)

@@ -46,9 +46,6 @@ class ParityConfig(BaseModel):
     tolerance: float = Field(default=1e-6, ge=0, description="Largest allowed absolute difference of a "
                                                               "probability or the priority between two paths.")
     timeout_s: float = Field(default=900, gt=0, description="Longest wait for each path's results.")
-    batch_cpus: float = Field(default=0.1, gt=0, description="Logical CPUs the batch job's scoring actor and "
-                                                             "join tasks reserve: small, so the job fits next "
-                                                             "to the Serve application.")
     working_dir: Path = Field(description="Project directory holding pipelines/batch_predict.py (the batch "
                                           "job's working dir).")
     materialize: bool = Field(default=True, description="Materialize first, so the online store holds the "
@@ -240,12 +237,10 @@ def _batch(settings: Settings, config: ParityConfig, tickets: pd.DataFrame, work
     source = work / "tickets.parquet"
     tickets.to_parquet(source, index=False)
     output = work / "batch"
-    # Small logical CPU reservations: the job runs next to the Serve application on the same cluster, which
-    # may hold most of a small machine's CPUs (Ray would otherwise wait forever for a whole free CPU).
+    # One actor: the job runs next to the Serve application, and sizes its reservations from the CPUs left free.
     job_config = BatchJobConfig(tickets=str(source), output=str(output),
                                 model=f"{settings.model.name}:{settings.model.alias}", variant=settings.model.variant,
-                                partition_by_date=False, run_id=f"parity-{work.name}", actors=1,
-                                cpus_per_actor=config.batch_cpus, join_cpus=config.batch_cpus)
+                                partition_by_date=False, run_id=f"parity-{work.name}", actors=1)
     progress(f"batch: submitting the job for {len(tickets)} tickets")
     started = time.perf_counter()
     job = submit(settings, job_config, endpoints(settings).ray_dashboard_url, config.working_dir, follow=True,

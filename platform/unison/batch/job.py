@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ REQUIRED_COLUMNS: dict[str, Callable[[pa.DataType], bool]] = {
 OPTIONAL_COLUMNS = ("channel",)
 ERROR_FIELD = "_error"
 SUCCESS_FILE = "_SUCCESS"
+MIN_ACTOR_CPUS = 0.05  # the smallest reservation a scoring actor shrinks to on a crowded cluster
 
 
 class BatchSchemaError(ValueError):
@@ -59,8 +60,10 @@ class BatchJobConfig(BaseModel):
     join_batch_size: int = Field(default=20_000, ge=1, description="Rows per point-in-time join task.")
     actors: int | None = Field(default=None, ge=1, description="Scoring actors. Empty: sized from the cluster.")
     cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each scoring actor.")
-    join_cpus: float = Field(default=0.5, gt=0, description="CPUs Ray reserves for each point-in-time join task "
-                                                          "(lower it to run next to a Serve application).")
+    join_cpus: float = Field(default=0.5, gt=0, description="CPUs Ray reserves for each point-in-time join task.")
+    task_cpus: float = Field(default=0.25, gt=0, description="CPUs Ray reserves for each read, validate and write "
+                                                           "task: I/O-bound, so a share that fits beside the "
+                                                           "scoring actors.")
     gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per scoring actor (fractions share a GPU).")
     actor_placement: Literal["DEFAULT", "SPREAD"] = Field(
         default="DEFAULT", description="Where the scoring actors go: DEFAULT (Ray Data's own placement), SPREAD "
@@ -192,22 +195,39 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def plan_resources(config: BatchJobConfig, cluster: dict[str, float]) -> tuple[int, int]:
-    """(actors, parallel rows per actor). Laptop (<= 4 CPUs): one actor using every core for inference, the
-    reserved CPU count kept at `cpus_per_actor` so read/join/write tasks still get scheduled. Cluster: as many
-    actors as fit after keeping one CPU for the other stages, or one per GPU share when GPUs are asked for."""
+class ResourcePlan(NamedTuple):
+    actors: int
+    parallel_rows: int  # threads inside each actor: the cores it may use
+    actor_cpus: float  # the logical CPUs Ray reserves for each actor
+
+
+def plan_resources(config: BatchJobConfig, cluster: dict[str, float],
+                   available: dict[str, float] | None = None) -> ResourcePlan:
+    """Scoring actors and their reservation, sized from the CPUs free now (`available`, default: all of
+    `cluster`). One join task and one read/validate/write task must fit beside the actors, or the pipeline waits
+    forever for a CPU (a Serve application on the same small cluster holds part of it): when they do not, the
+    actors' reservation shrinks, never their threads. Laptop (<= 4 CPUs): one actor using every core. Cluster:
+    as many actors as fit, or one per GPU share when GPUs are asked for."""
     cpus = float(cluster.get("CPU", 1))
+    free = float((available if available is not None else cluster).get("CPU", 0.0))
+    stages = config.join_cpus + config.task_cpus
     if config.actors is not None:
         actors = config.actors
     elif config.gpus_per_actor > 0:
         actors = max(1, int(cluster.get("GPU", 0) // config.gpus_per_actor))
     else:
-        actors = max(1, int((cpus - 1) // config.cpus_per_actor))
+        actors = max(1, int((free - stages) // config.cpus_per_actor))
+    actor_cpus = config.cpus_per_actor
+    if actors * actor_cpus + stages > free:
+        actor_cpus = max(MIN_ACTOR_CPUS, math.floor(round((free - stages) / actors * 100, 6)) / 100)
+        if actors * actor_cpus + stages > free:
+            log.warning("%.2f CPUs free: %d actor(s) x %.2f + %.2f for the other stages do not fit; the job waits "
+                        "for CPUs (lower join_cpus/task_cpus or free the cluster)", free, actors, actor_cpus, stages)
     if config.parallel_rows is not None:
-        return actors, config.parallel_rows
+        return ResourcePlan(actors, config.parallel_rows, actor_cpus)
     if cpus <= 4 and actors == 1:
-        return actors, max(1, int(cpus))
-    return actors, max(1, math.ceil(config.cpus_per_actor))
+        return ResourcePlan(actors, max(1, int(cpus)), actor_cpus)
+    return ResourcePlan(actors, max(1, math.ceil(config.cpus_per_actor)), actor_cpus)
 
 
 def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
@@ -232,12 +252,17 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
                "features_as_of": activity.newest_event_time.isoformat() if activity and activity.newest_event_time
                else None}
     in_fs, in_path = _filesystem(config.tickets)
-    dataset = ray.data.read_parquet(in_path, filesystem=in_fs)
+    tasks = {"num_cpus": config.task_cpus}
+    data_context = DataContext.get_current()
+    # Ray Data's V2 Parquet read lists files in its own task that always reserves a whole CPU (no argument
+    # reaches it): next to the scoring actor on a crowded 2-CPU cluster it never got scheduled and the job hung.
+    # V1 lists on the driver and reads in tasks that take `task_cpus`.
+    data_context.use_datasource_v2 = False
+    dataset = ray.data.read_parquet(in_path, filesystem=in_fs, ray_remote_args=tasks)
     check_schema(dataset.schema().base_schema)
     columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in dataset.schema().names)]
     rows_in = dataset.count()
 
-    data_context = DataContext.get_current()
     # Small blocks: a scoring task emits its output only per block, and Ray Data's default (128 MiB of ~300-byte
     # prediction rows, i.e. ~400,000 rows = 20 minutes of CPU inference) made a 1M-row run look stalled and hit
     # Ray's 30-minute no-progress timeout. 8 MiB keeps every block to well under a minute of scoring.
@@ -245,10 +270,10 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
     if config.object_store_memory_bytes:
         data_context.execution_options.resource_limits = ExecutionResources(
             object_store_memory=config.object_store_memory_bytes)
-    actors, parallel_rows = plan_resources(config, ray.cluster_resources())
+    actors, parallel_rows, actor_cpus = plan_resources(config, ray.cluster_resources(), ray.available_resources())
     config = config.model_copy(update={"parallel_rows": parallel_rows, "run_id": run_id})
-    log.info("run %s: %d rows from %s; model %s (%s); %d scoring actor(s) x %d parallel rows", run_id, rows_in,
-             config.tickets, artifact.ref, config.variant, actors, parallel_rows)
+    log.info("run %s: %d rows from %s; model %s (%s); %d scoring actor(s) x %d parallel rows, %.2f CPUs reserved "
+             "each", run_id, rows_in, config.tickets, artifact.ref, config.variant, actors, parallel_rows, actor_cpus)
 
     out_fs, out_path = _filesystem(config.output)
     local = isinstance(out_fs, pafs.LocalFileSystem)
@@ -256,10 +281,11 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
     out_fs.create_dir(staging, recursive=True)
     settings_json = settings.model_dump_json()
 
-    validated = dataset.select_columns(columns).map_batches(validate_rows, batch_format="pandas",
-                                                            batch_size=config.join_batch_size)
+    # Every task beside the scorers takes `task_cpus` (Ray Data's default is a whole CPU per task).
+    validated = dataset.select_columns(columns, **tasks).map_batches(validate_rows, batch_format="pandas",
+                                                                     batch_size=config.join_batch_size, **tasks)
     scored = (
-        validated.filter(expr=f"{ERROR_FIELD} == ''")
+        validated.filter(expr=f"{ERROR_FIELD} == ''", **tasks)
         # Its own tasks (a CPU share unlike the scorers', so Ray does not fuse it into the scoring actors): the
         # join of the next blocks then overlaps inference instead of pausing it.
         .map_batches(join_features, batch_format="pandas", batch_size=config.join_batch_size,
@@ -268,15 +294,16 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
                      compute=ActorPoolStrategy(size=actors),
                      fn_constructor_kwargs={"settings_json": settings_json,
                                             "config_json": config.model_dump_json(), "context": context},
-                     num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+                     num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
                      **({"scheduling_strategy": "SPREAD"} if config.actor_placement == "SPREAD" else {}))
     )
     pipeline_started = time.perf_counter()
     scored.write_parquet(f"{staging}/predictions", filesystem=out_fs,
-                         partition_cols=["created_date"] if config.partition_by_date else None)
+                         partition_cols=["created_date"] if config.partition_by_date else None, ray_remote_args=tasks)
     pipeline_seconds = time.perf_counter() - pipeline_started
-    errors = validated.filter(expr=f"{ERROR_FIELD} != ''").select_columns(["ticket_id", "customer_id", ERROR_FIELD])
-    errors.write_parquet(f"{staging}/errors", filesystem=out_fs)
+    errors = validated.filter(expr=f"{ERROR_FIELD} != ''", **tasks).select_columns(
+        ["ticket_id", "customer_id", ERROR_FIELD], **tasks)
+    errors.write_parquet(f"{staging}/errors", filesystem=out_fs, ray_remote_args=tasks)
 
     rows_out = _count_rows(out_fs, f"{staging}/predictions")
     error_rows = _count_rows(out_fs, f"{staging}/errors")
@@ -293,7 +320,7 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
         # the errors pass: what the job sustains once running.
         "pipeline_seconds": round(pipeline_seconds, 3),
         "pipeline_rows_per_second": round(rows_out / pipeline_seconds, 1) if pipeline_seconds else None,
-        "actors": actors, "parallel_rows": parallel_rows, "cpus_per_actor": config.cpus_per_actor,
+        "actors": actors, "parallel_rows": parallel_rows, "cpus_per_actor": actor_cpus,
         "gpus_per_actor": config.gpus_per_actor, "batch_size": config.batch_size,
         "partitioned_by": ["created_date"] if config.partition_by_date else [],
     }

@@ -342,8 +342,9 @@ class TopicConsumer:
             return "the consumer loop is not running"
         if self.ownership.stalled:
             return f"stalled (coordinator): {self.ownership.stalled}"
-        if self.ownership.error and "has not gone round" in self.ownership.error:
-            return self.ownership.error
+        hung = self.ownership.loop_hung()
+        if hung:
+            return hung
         rows = self.lag.fresh() if self.lag is not None else None
         if rows is None:  # no recent lag read (the broker is away): a stall cannot be told from an outage
             return None

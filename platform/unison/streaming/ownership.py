@@ -400,6 +400,13 @@ class Ownership:
         """The loop went round (polled, or backed off after an error): its leases may be renewed."""
         self.last_loop = time.monotonic()
 
+    def loop_hung(self) -> str | None:
+        """Why the consumer loop counts as hung (it has not gone round for `max_poll_interval_s`), or None."""
+        idle = time.monotonic() - self.last_loop
+        if idle > self.max_poll_interval_s:
+            return f"the consumer loop has not gone round for {idle:.0f} s"
+        return None
+
     @property
     def stalled(self) -> str | None:
         why = self.answer.get("stalled")
@@ -432,8 +439,9 @@ class Ownership:
         left to expire so the partitions move. A consumer that cannot renew for most of a lease stops
         consuming: past the lease, another member may hold its partitions."""
         now = time.monotonic()
-        if now - self.last_loop > self.max_poll_interval_s:
-            self.error = f"the consumer loop has not gone round for {now - self.last_loop:.0f} s"
+        hung = self.loop_hung()
+        if hung:
+            self.error = hung
             self._set_wanted(set())
             return
         try:

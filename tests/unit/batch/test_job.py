@@ -47,10 +47,23 @@ def test_rows_that_cannot_be_scored_get_a_reason() -> None:
 
 def test_resources_are_sized_from_the_cluster() -> None:
     base = BatchJobConfig(tickets="t", output="o")
-    assert plan_resources(base, {"CPU": 2}) == (1, 2)  # laptop: one actor using both cores
-    assert plan_resources(base, {"CPU": 33}) == (32, 1)  # cluster: one CPU kept for the other stages
-    assert plan_resources(base.model_copy(update={"gpus_per_actor": 0.5}), {"CPU": 16, "GPU": 4}) == (8, 1)
-    assert plan_resources(base.model_copy(update={"actors": 3, "parallel_rows": 4}), {"CPU": 2}) == (3, 4)
+    assert plan_resources(base, {"CPU": 2}) == (1, 2, 1.0)  # laptop: one actor using both cores
+    assert plan_resources(base, {"CPU": 33}) == (32, 1, 1.0)  # cluster: a join and an I/O task fit beside them
+    assert plan_resources(base.model_copy(update={"gpus_per_actor": 0.5}), {"CPU": 16, "GPU": 4}) == (8, 1, 1.0)
+    assert plan_resources(base.model_copy(update={"actors": 3, "parallel_rows": 4}), {"CPU": 8}) == (3, 4, 1.0)
+
+
+def test_a_crowded_cluster_shrinks_the_actor_reservation_so_every_stage_fits() -> None:
+    """A Serve application holding 0.85 of 2 CPUs left 1.15 free: a 1-CPU actor and 1-CPU read tasks never both
+    fit and the job waited forever. The actor keeps its threads (both cores) and reserves what is left."""
+    base = BatchJobConfig(tickets="t", output="o")
+    actors, threads, reserved = plan_resources(base, {"CPU": 2}, {"CPU": 1.15})
+    assert (actors, threads) == (1, 2)
+    assert reserved + base.join_cpus + base.task_cpus <= 1.15 and reserved == 0.4
+    assert plan_resources(base, {"CPU": 33}, {"CPU": 10.0}) == (9, 1, 1.0)  # sized from what is free
+    shared = plan_resources(base.model_copy(update={"actors": 3}), {"CPU": 2}, {"CPU": 2})
+    assert shared.actors == 3 and 3 * shared.actor_cpus + base.join_cpus + base.task_cpus <= 2
+    assert plan_resources(base, {"CPU": 2}, {"CPU": 0.5}).actor_cpus == 0.05  # the floor: it waits, and says so
 
 
 def test_entrypoint_and_equivalent_command(tmp_path: Path) -> None:

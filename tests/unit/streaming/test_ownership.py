@@ -179,6 +179,8 @@ def test_a_consumer_stops_consuming_when_it_cannot_renew(table: LeaseTable) -> N
 def test_a_hung_loop_lets_its_leases_expire() -> None:
     own = Ownership(lambda: LocalCoordinator(), "t", heartbeat_s=0.01, lease_s=0.3, stall_after_s=1.0,
                     max_poll_interval_s=5, partitions=lambda: 2, lag=lambda: None)
+    assert own.loop_hung() is None
     own.last_loop -= 10
     own.beat()
     assert own.wanted() == set() and "has not gone round" in (own.error or "")
+    assert own.loop_hung() == own.error  # what the replica's health check reports
