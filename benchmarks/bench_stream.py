@@ -2,7 +2,7 @@
 Predictor in the same run, and event latency at 50% and 90% of the sustained rate.
 
     .venv/bin/python benchmarks/bench_stream.py
-    .venv/bin/python benchmarks/bench_stream.py --events 6000 --seconds 30
+    .venv/bin/python benchmarks/bench_stream.py --events 12000 --seconds 30
 
 Starts its own embedded stack (Ray + Tansu), deploys deploy/serve.yaml (one StreamConsumer replica), and:
 1. raw Predictor: the same tickets scored in this process in polls of `max_poll_records` (online features +
@@ -38,7 +38,8 @@ from workspace import workspace  # noqa: E402  (benchmarks/ is the script direct
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=4000)
+    parser.add_argument("--events", type=int, default=8000, help="saturation burst (long enough that start-up "
+                        "and the last commit are a small share of it)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--churn-events", type=int, default=6000, help="0: skip the churn run")
     args = parser.parse_args()
