@@ -1,6 +1,7 @@
 """The streaming deployment against the real Tansu broker and Ray: every good ticket scored exactly as in process,
 poison messages dead-lettered with reasons, a killed replica loses nothing, a broker restart is survived."""
 
+import itertools
 import json
 import os
 import signal
@@ -280,20 +281,23 @@ class _Commits(threading.Thread):
 
     def resumed_after(self, since: float, timeout: float) -> float:
         """Seconds from `since` until every partition lagging then (or, with none lagging, the first that
-        lags later) has committed past where it stood."""
+        lags later) has had a commit advance its offset. Advances are counted sample to sample, never against
+        the first sample: that one may have been read just before a broker restart (a lost log starts from 0
+        again, so a committed offset can go down)."""
         deadline = time.monotonic() + timeout
         while True:
             after = [s for s in self.samples if s[0] >= since]
-            if after:
-                start_committed, start_lag = after[0][1], after[0][2]
-                lagging = {p for p, lag in start_lag.items() if lag > 0}
-                if not lagging:
-                    later = [s for s in after if any(v > 0 for v in s[2].values())]
-                    lagging = {p for p, lag in later[0][2].items() if lag > 0} if later else set()
-                done = [s[0] for s in after
-                        if lagging and all(s[1].get(p, 0) > start_committed.get(p, 0) for p in lagging)]
-                if done:
-                    return done[0] - since
+            lagging = {p for p, lag in after[0][2].items() if lag > 0} if after else set()
+            if not lagging:
+                later = [s for s in after if any(v > 0 for v in s[2].values())]
+                lagging = {p for p, lag in later[0][2].items() if lag > 0} if later else set()
+            advanced: dict[int, float] = {}
+            for before, sample in itertools.pairwise(after):
+                for p in lagging - advanced.keys():
+                    if sample[1].get(p, 0) > before[1].get(p, 0):
+                        advanced[p] = sample[0]
+            if lagging and advanced.keys() == lagging:
+                return max(advanced.values()) - since
             assert time.monotonic() < deadline, (
                 f"consumption did not resume within {timeout:.0f} s: samples since then "
                 f"{[(round(t - since, 1), c, lag) for t, c, lag in after[:3] + after[-3:]]}")
