@@ -1,10 +1,13 @@
 """Real servers for integration tests: one embedded stack (Ray head + Tansu broker) per test session, and one
 Serve deployment of deploy/serve.yaml on it for the serving and streaming tests."""
 
+import contextlib
+import functools
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -128,3 +131,31 @@ def serve_settings(platform_settings: Settings, serving_registry: Registry,
 @pytest.fixture(scope="session")
 def url(serve_settings: Settings) -> str:
     return deploy.url(serve_settings)
+
+
+@contextlib.contextmanager
+def _ray_driver(settings: Settings, script: str, *args: str) -> Iterator[str]:
+    """Run `script` as a second Ray driver on the session's cluster (argv[1] is its address, then `args`);
+    yield the first line it prints once ready. What it created lives until its stdin is closed on exit."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
+        file.write(script)
+    driver = subprocess.Popen([sys.executable, file.name, stack.endpoints(settings).ray_address, *args],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None and driver.stdin is not None
+        yield driver.stdout.readline().strip()
+    finally:
+        assert driver.stdin is not None
+        driver.stdin.close()
+        driver.wait(timeout=60)
+        Path(file.name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def ray_driver(stack_settings: Settings) -> Any:
+    """`with ray_driver(script, *args) as first_line:` -- a second Ray driver on the session's cluster."""
+    return functools.partial(_ray_driver, stack_settings)

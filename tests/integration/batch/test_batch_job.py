@@ -139,7 +139,7 @@ sys.stdin.read()
 
 @pytest.mark.timeout(1200)
 def test_the_job_fits_beside_an_application_holding_most_cpus(platform_settings: Settings, endpoints, tickets,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, ray_driver) -> None:
     """1.15 of the 2 CPUs free (a Serve application holds the rest): with its default reservations the job
     once waited forever for a whole CPU for its read tasks; it sizes itself from what is free instead."""
     from ray.job_submission import JobSubmissionClient
@@ -147,29 +147,22 @@ def test_the_job_fits_beside_an_application_holding_most_cpus(platform_settings:
     from unison.batch.submit import submit
 
     path, expected_errors = tickets
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
-    holder = subprocess.Popen([sys.executable, str(script), endpoints.ray_address, "1.15"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
     client = JobSubmissionClient(endpoints.ray_dashboard_url)
     job = None
-    try:
-        assert holder.stdout is not None
-        free = float(holder.stdout.readline())
-        assert free <= 1.2, f"{free} CPUs free: the holder did not take its share"
-        config = BatchJobConfig(tickets=str(path), output=str(tmp_path / "out"), batch_size=128)
-        job = submit(platform_settings, config, endpoints.ray_dashboard_url, ROOT, follow=False)
-        deadline = time.monotonic() + 600  # generous; a job that cannot schedule never finishes at all
-        while (status := str(client.get_job_status(job.job_id).value)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-            assert time.monotonic() < deadline, client.get_job_logs(job.job_id)[-3000:]
-            time.sleep(2)
-        assert status == "SUCCEEDED", client.get_job_logs(job.job_id)[-3000:]
-        predictions, manifest = _read(tmp_path / "out")
-        assert manifest["rows_out"] == N_TICKETS + 3 - expected_errors == len(predictions)
-        assert manifest["cpus_per_actor"] < 1.0 and manifest["parallel_rows"] == 2, manifest
-    finally:
-        if job is not None and str(client.get_job_status(job.job_id).value) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-            client.stop_job(job.job_id)
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=60)
+    with ray_driver(HOLDER, "1.15") as free:
+        try:
+            assert float(free) <= 1.2, f"{free} CPUs free: the holder did not take its share"
+            config = BatchJobConfig(tickets=str(path), output=str(tmp_path / "out"), batch_size=128)
+            job = submit(platform_settings, config, endpoints.ray_dashboard_url, ROOT, follow=False)
+            deadline = time.monotonic() + 600  # generous; a job that cannot schedule never finishes at all
+            while (status := str(client.get_job_status(job.job_id).value)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+                assert time.monotonic() < deadline, client.get_job_logs(job.job_id)[-3000:]
+                time.sleep(2)
+            assert status == "SUCCEEDED", client.get_job_logs(job.job_id)[-3000:]
+            predictions, manifest = _read(tmp_path / "out")
+            assert manifest["rows_out"] == N_TICKETS + 3 - expected_errors == len(predictions)
+            assert manifest["cpus_per_actor"] < 1.0 and manifest["parallel_rows"] == 2, manifest
+        finally:
+            if job is not None and str(client.get_job_status(job.job_id).value) not in {"SUCCEEDED", "FAILED",
+                                                                                          "STOPPED"}:
+                client.stop_job(job.job_id)

@@ -3,11 +3,9 @@
 Ray's metrics agent drops a gauge series its process has not recorded for two export intervals; a gauge set
 with `ray.util.metrics` directly shows that (the control), `unison.ops.metrics.set_gauge` must not."""
 
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,15 +38,11 @@ sys.stdin.read()  # the actor lives until the test closes stdin
 
 
 def test_a_gauge_set_once_is_still_exported_after_ray_would_have_dropped_it(stack_settings: Settings,
-                                                                           tmp_path: Path) -> None:
+                                                                           ray_driver: Any) -> None:
     port = stack.load_state(stack_settings).components[stack.RAY].ports["metrics_export"]
     run = uuid.uuid4().hex[:8]
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script), stack.endpoints(stack_settings).ray_address, run],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert driver.stdout is not None and driver.stdout.readline().strip() == "ready"
+    with ray_driver(DRIVER, run) as ready:
+        assert ready == "ready"
 
         def exported(body: str, name: str, label: str) -> bool:  # Ray puts its own labels first
             return any(line.startswith(f"{name}{{") and label in line for line in body.splitlines())
@@ -66,7 +60,3 @@ def test_a_gauge_set_once_is_still_exported_after_ray_would_have_dropped_it(stac
             time.sleep(1)
         assert exported(body, "ray_unison_model_cache_bytes", f'replica="{run}"'), "a held gauge was dropped"
         assert exported(body, "ray_unison_parity_ok", ""), "a held gauge was dropped"
-    finally:
-        assert driver.stdin is not None
-        driver.stdin.close()
-        driver.wait(timeout=60)
