@@ -62,6 +62,8 @@ def _deployments() -> list[dict[str, Any]]:
     return rows
 
 METADATA_TTL_S = 2.0  # how long the ingress trusts one model replica's readiness view
+WARM_TIMEOUT_S = 300.0  # loading a version before traffic moves to it: verify, build, warm up
+WARM_RETRY_S = 10.0  # a version that failed to load is tried again after this
 
 app = FastAPI(
     title="Unison",
@@ -148,7 +150,8 @@ class Ingress:
         default = default_model or f"{settings.model.name}:{settings.model.alias}"
         name, _, tag = default.partition(":")
         self.default = (name, tag or None)
-        self.router = Router(Registry(settings.model.registry_dir), name, settings.model.alias)
+        self.router = Router(Registry(settings.model.registry_dir), name, settings.model.alias, warm_first=True)
+        self._warmups: dict[str, asyncio.Task[None]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.window = RollingWindow()  # the last minute of scoring requests, for /v1/ops
         self._label_cache: dict[str, list[str]] = {}
@@ -179,9 +182,33 @@ class Ingress:
         try:
             if name is None:
                 name, tag = self.default[0], tag or self.default[1]
-            return self.router.resolve(name, tag)
+            route = self.router.resolve(name, tag)
         except UnknownModel as exc:
             raise RequestError(404, str(exc)) from None
+        for model_id in self.router.wanted():
+            if model_id not in self._warmups:
+                self._warmups[model_id] = asyncio.get_running_loop().create_task(self._warm(model_id))
+        return route
+
+    async def _warm(self, model_id: str) -> None:
+        """Load a version an alias moved to (or a canary) on a model replica; traffic follows once it is loaded,
+        so no request waits for the load. A failure keeps traffic where it is and is retried."""
+        try:
+            log.info("loading %s before traffic moves to it", model_id)
+            result = await self._call(self.model.options(multiplexed_model_id=model_id).warm.remote(),
+                                      WARM_TIMEOUT_S)
+            if "error" in result:
+                raise RequestError(int(result.get("status", 503)), str(result["error"]))
+            self.router.warmed(model_id)
+            log.info("%s loaded: its traffic moves to it now", model_id)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+            self.router.warm_failed(model_id, reason)
+            log.error("%s could not be loaded (%s); traffic stays on the version before it", model_id, reason)
+            await asyncio.sleep(WARM_RETRY_S)
+            self.router.retry(model_id)
+        finally:
+            self._warmups.pop(model_id, None)
 
     def _labels(self, name: str, version: str) -> list[str]:
         """A version's labels; artifacts are immutable, so each manifest is read once, not per request."""
@@ -259,7 +286,8 @@ class Ingress:
             entry = self.router.describe(name)
             canary = self.router.config.canaries.get(name)
             registry.append({"name": name, **entry, "canary": canary.model_dump() if canary else None})
-        return {"models": registry, "routing": self.counts, "replica": await self._replica_metadata(fresh=True)}
+        return {"models": registry, "routing": self.counts, "warming": self.router.warming(),
+                "replica": await self._replica_metadata(fresh=True)}
 
     @app.get("/v1/stream", summary="The streaming deployment: one replica's consumer loop, model version, "
                                    "counters (records, scored, dead letters, commits, errors)")

@@ -363,6 +363,15 @@ class ModelServer:
         return {"name": manifest.name, "version": manifest.version, "labels": list(manifest.labels),
                 "transform_version": manifest.transform_version}
 
+    async def warm(self) -> dict[str, Any]:
+        """Load the call's multiplexed model (the ingress does this before traffic moves to a version)."""
+        model_id = serve.get_multiplexed_model_id()
+        try:
+            loaded = await self._get_model(model_id)
+        except ModelLoadError as exc:
+            return _error(exc.status, str(exc))
+        return {"loaded": loaded.model_id}
+
     async def predict(self, tickets: list[dict[str, Any]]) -> dict[str, Any]:
         """Score one request's tickets (validated by the ingress) with the multiplexed model of the call.
 

@@ -4,6 +4,10 @@ version, set at run time through the ingress's `user_config`).
 
 A request that names a version gets exactly that version; one that names only the model (or an alias) gets the
 alias's version, or the canary version with the canary's weight. Every answer carries the version that served it.
+
+With `warm_first` (the ingress), traffic follows a moved alias, or goes to a canary, only once the new version is
+loaded: until `warmed(model_id)` is called the old version keeps answering, and `wanted()` lists the versions to
+load. A promote to a version that cannot load takes nothing down; the reason shows in `warming()`.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Router:
     """Resolves (model, version-or-alias) to a concrete version, applying canary splits."""
 
     def __init__(self, registry: Registry, default_model: str, default_alias: str = "production",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, warm_first: bool = False) -> None:
         self.registry = registry
         self.default_model = default_model
         self.default_alias = default_alias
@@ -67,6 +71,10 @@ class Router:
         self._rng = rng or random.Random()
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self._warm_first = warm_first
+        self._followed: dict[tuple[str, str], str] = {}  # (model, alias) -> the version its traffic goes to
+        self._warm: set[str] = set()  # model ids loaded since they were wanted
+        self._wanted: dict[str, str] = {}  # model id -> "loading" or why it failed
 
     def configure(self, config: dict[str, Any] | RoutingConfig | None) -> RoutingConfig:
         parsed = config if isinstance(config, RoutingConfig) else RoutingConfig.model_validate(config or {})
@@ -74,7 +82,9 @@ class Router:
             if canary.version not in self.registry.versions(name):
                 raise UnknownModel(f"canary for {name!r}: version {canary.version} is not registered "
                                    f"(versions: {', '.join(self.registry.versions(name)) or 'none'})")
-        self.config = parsed
+        with self._lock:
+            self.config = parsed
+            self._warm.clear()  # canaries are loaded again before they take traffic
         return parsed
 
     def _entry(self, name: str) -> dict[str, Any]:
@@ -119,11 +129,64 @@ class Router:
         else:
             raise UnknownModel(f"model {name!r} has no alias {alias!r}; versions: {', '.join(versions)}; "
                                f"aliases: {_aliases(aliases)}")
+        version = self._follow(name, alias, version, versions)
         canary = self.config.canaries.get(name)
         if canary is not None and canary.alias == alias and canary.version != version and \
-                self._rng.random() < canary.weight:
+                self._ready(f"{name}:{canary.version}") and self._rng.random() < canary.weight:
             return Route(name, canary.version, canary=True)
         return Route(name, version)
+
+    def _follow(self, name: str, alias: str, version: str, versions: list[str]) -> str:
+        """The version `alias` routes to now: `version`, or while that one is not loaded yet, the one before."""
+        if not self._warm_first:
+            return version
+        key = (name, alias)
+        with self._lock:
+            current = self._followed.get(key)
+            if current is None or current == version or current not in versions:
+                self._followed[key] = version
+                return version
+            if f"{name}:{version}" in self._warm:  # loaded for this move: follow (a later move loads again,
+                self._warm.discard(f"{name}:{version}")  # as the cache may have evicted it meanwhile)
+                self._followed[key] = version
+                return version
+            self._wanted.setdefault(f"{name}:{version}", "loading")
+            return current
+
+    def _ready(self, model_id: str) -> bool:
+        if not self._warm_first:
+            return True
+        with self._lock:
+            if model_id in self._warm:
+                return True
+            self._wanted.setdefault(model_id, "loading")
+            return False
+
+    def wanted(self) -> list[str]:
+        """Model ids to load before traffic may go to them (none that failed: see `warming`)."""
+        with self._lock:
+            return [m for m, state in self._wanted.items() if state == "loading"]
+
+    def warmed(self, model_id: str) -> None:
+        """`model_id` is loaded: the aliases and canaries that point at it follow on the next request."""
+        with self._lock:
+            self._warm.add(model_id)
+            self._wanted.pop(model_id, None)
+
+    def warm_failed(self, model_id: str, reason: str) -> None:
+        """`model_id` could not be loaded: its traffic stays where it is; `retry` wants it again."""
+        with self._lock:
+            self._wanted[model_id] = f"failed: {reason}"
+
+    def retry(self, model_id: str) -> None:
+        with self._lock:
+            if model_id in self._wanted:
+                self._wanted[model_id] = "loading"
+
+    def warming(self) -> dict[str, str]:
+        """Versions waiting to take traffic: "loading" or "failed: <why>"."""
+        with self._lock:
+            return dict(self._wanted)
 
 
 def _aliases(aliases: dict[str, str]) -> str:

@@ -9,6 +9,10 @@ partition and offset in its headers so consumers can deduplicate. A malformed me
 topic with its original bytes and a `reason` header, and its offset is committed with the rest: the partition
 moves on. Broker outages are retried with backoff; the loop only stops when asked. Which partitions a loop
 consumes is decided by the partition coordinator (`unison.streaming.ownership`), never by a group rebalance.
+
+Two polls are in flight at most: while the model scores poll N (in its own thread; ONNX Runtime releases the
+GIL), the loop reads and decodes poll N+1 and then sends, flushes and commits poll N. Commits stay in poll
+order, and a failure anywhere drops both (neither is committed: both are replayed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,10 +173,16 @@ class TopicConsumer:
         self._partitions = 0
         self._end_checked = self._exported_at = 0.0
         self._sent: list[Any] = []
+        self._pending: tuple[dict[Any, Any], int, Callable[[], None]] | None = None  # (offsets, records, complete)
         self.progress_at = time.monotonic()  # the last commit, or the last moment nothing was left to do
 
     def handle(self, records: list[Any]) -> None:
         raise NotImplementedError
+
+    def begin(self, records: list[Any]) -> Callable[[], None]:
+        """Start a poll's work; return the call that completes it (its sends). By default all the work is done
+        by that call; a subclass may start a slow stage here, to run while the loop reads the next poll."""
+        return lambda: self.handle(records)
 
     # ------------------------------------------------------------------------------------------ clients
 
@@ -215,6 +226,7 @@ class TopicConsumer:
                     log.debug("close failed", exc_info=True)
         self._consumer = self._producer = None
         self._assigned = set()
+        self._pending = None  # not committed: replayed from the group's offsets
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -254,14 +266,18 @@ class TopicConsumer:
                 self._close()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+        try:
+            self._complete()  # the poll in hand is committed before the leases are given back
+        except Exception:
+            log.warning("%s: the last poll could not be committed; its records will be replayed", self.name,
+                        exc_info=True)
         self._close()
         log.info("%s stopped", self.name)
 
-    def _reassign(self) -> set[int]:
+    def _reassign(self, wanted: set[int]) -> set[int]:
         """Take up what the coordinator granted, drop what it moves away (the last poll is committed)."""
         from kafka import TopicPartition
 
-        wanted = self.ownership.wanted()
         if wanted != self._assigned:
             self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
             if wanted - self._assigned:  # a partition taken up counts from now, not from before it was held
@@ -272,37 +288,54 @@ class TopicConsumer:
         return wanted
 
     def step(self) -> int:
-        """Re-assign, poll once, handle, flush, commit. Returns the number of records handled."""
-        from kafka.structs import OffsetAndMetadata
-
-        if not self._reassign():  # nothing leased (yet): wait for a grant, not for a poll
+        """Re-assign, poll once, begin handling it, then complete the poll before it (flush, commit). Returns
+        the number of records committed."""
+        wanted = self.ownership.wanted()
+        if self._pending is not None and wanted != self._assigned:
+            self._complete()  # a partition is given up only with its last poll committed
+        if not self._reassign(wanted):  # nothing leased (yet): wait for a grant, not for a poll
             self.ownership.changed.wait(self.config.poll_timeout_ms / 1000)
             self.progress_at = time.monotonic()
             return 0
-        polled = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms,
+        # With a poll in flight, take only what is already fetched: its outputs should not wait for new input.
+        polled = self._consumer.poll(timeout_ms=0 if self._pending else self.config.poll_timeout_ms,
                                      max_records=self.config.max_poll_records)
         self.stats.polls += 1
         self.stats.last_poll = time.monotonic()
         records = [record for batch in polled.values() for record in batch]
         if not records:
+            if self._pending is not None:
+                return self._complete()
             if self._rewound_past_end():
                 return 0
             self.progress_at = time.monotonic()  # caught up: nothing to commit is not a stall
             return 0
+        complete = self.begin(records)
+        committed = self._complete()
+        self._pending = ({tp: batch[-1].offset + 1 for tp, batch in polled.items()}, len(records), complete)
+        return committed
+
+    def _complete(self) -> int:
+        """Complete the poll in flight: its sends, every acknowledgement, then its offsets committed."""
+        from kafka.structs import OffsetAndMetadata
+
+        if self._pending is None:
+            return 0
+        offsets, count, complete = self._pending
+        self._pending = None
         self._sent = []
-        self.handle(records)
+        complete()
         # Bounded: a producer that lost its broker (or its producer id) can otherwise wait forever. On timeout
         # the loop reconnects and replays the poll.
         self._producer.flush(timeout=30)
         for future in self._sent:  # every output and dead letter acknowledged before the offsets move;
             future.get(timeout=30)  # a failed send raises here, nothing is committed, the batch is replayed
-        offsets = {tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items()}
-        self._consumer.commit(offsets)
-        self.stats.committed.update({tp.partition: meta.offset for tp, meta in offsets.items()})
+        self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+        self.stats.committed.update({tp.partition: offset for tp, offset in offsets.items()})
         self.stats.commits += 1
-        self.stats.records += len(records)
+        self.stats.records += count
         self.progress_at = time.monotonic()
-        return len(records)
+        return count
 
     def _rewound_past_end(self) -> bool:
         """Seek back partitions whose position is past the end of their log; True if any was.
@@ -421,15 +454,41 @@ class TicketStream(TopicConsumer):
                          coordinator)
         self.config: StreamConfig = config
         self.score = score
+        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="unison-score")  # one poll scored at a time
+
+    def begin(self, records: list[Any]) -> Callable[[], None]:
+        """Decode now and start the model on the good tickets in the scoring thread; the returned call waits for
+        it and sends the outputs and dead letters."""
+        good: list[tuple[Any, Ticket]] = []
+        bad: list[tuple[Any, str]] = []
+        for record in records:
+            ticket, reason = decode(record.value, self.config.max_text_chars)
+            if ticket is None:
+                bad.append((record, reason or "invalid"))
+            else:
+                good.append((record, ticket))
+        started = time.perf_counter()
+        scoring = self._scoring.submit(self.score, [t.model_dump(exclude={"created_at"}) for _, t in good]) \
+            if good else None
+
+        def complete() -> None:
+            for record, reason in bad:
+                self.dead_letter(record, reason)
+            if scoring is not None:
+                results, headers = scoring.result()
+                self._send_results(good, results, headers, (time.perf_counter() - started) * 1000)
+
+        return complete
 
     def handle(self, records: list[Any]) -> None:
-        good: list[tuple[Any, Ticket]] = self.decoded(records,
-                                                      lambda value: decode(value, self.config.max_text_chars))
-        if not good:
-            return
-        started = time.perf_counter()
-        results, headers = self.score([t.model_dump(exclude={"created_at"}) for _, t in good])
-        latency_ms = (time.perf_counter() - started) * 1000
+        self.begin(records)()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        super().stop(timeout)
+        self._scoring.shutdown(wait=False, cancel_futures=True)
+
+    def _send_results(self, good: list[tuple[Any, Ticket]], results: list[dict[str, Any]], headers: dict[str, str],
+                      latency_ms: float) -> None:
         member = self.ownership.member.encode()
         scored: dict[str, int] = {}
         for (record, ticket), result in zip(good, results, strict=True):

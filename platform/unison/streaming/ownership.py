@@ -16,8 +16,8 @@ the answer is the partitions it may consume now. The rules:
 - a balanced, sticky assignment over the live members (at most ceil(P/M) each; a member keeps what it has);
 - a partition moves only after its holder released it -- it does so at its next poll boundary, after the
   poll's offsets are committed -- or its lease expired (`lease_s` without a heartbeat: a killed replica);
-- a holder whose lagging partitions see no commit for `stall_after_s` is declared stalled: its leases are
-  revoked (so the partitions move on) and its health check fails (so Serve replaces it);
+- a holder none of whose lagging partitions sees a commit for `stall_after_s` is declared stalled: its leases
+  are revoked (so the partitions move on) and its health check fails (so Serve replaces it);
 - a consumer that cannot renew for `lease_s` stops consuming on its own (it cannot know it still owns);
 - after a coordinator restart nothing is granted for one lease period except to the holders that report
   the partitions (no two owners).
@@ -200,7 +200,7 @@ class LeaseTable:
             if seen is None or committed != seen.committed or behind <= 0:
                 self.progress[p] = _Progress(committed, now)
 
-    def _stalled_partitions(self, now: float) -> set[int]:
+    def _waiting_partitions(self, now: float) -> set[int]:
         """Lagging partitions whose committed offset has not moved for `stall_after_s` (from a fresh lag read)."""
         if now - self.lag_at > max(3 * self.lease_s, 10.0):
             return set()
@@ -208,13 +208,30 @@ class LeaseTable:
                 if self.lag.get(p, 0) > 0 and now - seen.since > self.stall_after_s
                 and now - self.owned_since.get(p, -math.inf) > self.stall_after_s}
 
+    def _stalled_members(self, now: float) -> dict[str, list[int]]:
+        """Holders none of whose lagging partitions saw a commit for `stall_after_s` -> those partitions.
+
+        A holder that commits on some of its partitions is working through a backlog, not stalled: the Kafka
+        client hands out one partition's whole fetched chunk before the next one's (the embedded broker
+        ignores `max_partition_fetch_bytes`), so under a backlog on a slow machine a partition can wait its
+        turn longer than `stall_after_s` while its holder runs flat out."""
+        waiting = self._waiting_partitions(now)
+        found: dict[str, list[int]] = {}
+        for holder in sorted({self.owners[p] for p in waiting if p in self.owners}):
+            lagging = [q for q, m in sorted(self.owners.items()) if m == holder and self.lag.get(q, 0) > 0]
+            if lagging and all(q in waiting for q in lagging):
+                found[holder] = lagging
+        return found
+
+    def _stalled_partitions(self, now: float) -> set[int]:
+        return {p for held in self._stalled_members(now).values() for p in held}
+
     def _detect_stalls(self, now: float) -> None:
-        for p in self._stalled_partitions(now):
-            holder = self.owners.get(p)
-            if holder is None or holder in self.stalled:
+        for holder, held in self._stalled_members(now).items():
+            if holder in self.stalled:
                 continue
-            why = (f"partition {p} has {self.lag.get(p)} records of lag and no commit for "
-                   f"{self.stall_after_s:.0f} s")
+            why = (f"partitions {held} have {sum(self.lag.get(p, 0) for p in held)} records of lag and no commit "
+                   f"for {self.stall_after_s:.0f} s")
             log.warning("member %s stalled (%s); its partitions move", holder, why)
             self.stalled[holder] = why
             for q in [q for q, m in self.owners.items() if m == holder]:

@@ -89,33 +89,54 @@ def test_eviction_keeps_resident_memory_under_a_small_budget(serve_settings: Set
 
 def test_promote_moves_live_traffic_without_failed_requests(serve_settings: Settings, url: str,
                                                             serving_registry: Registry) -> None:
-    async def load(seconds: float) -> list[tuple[float, int, str]]:
-        results: list[tuple[float, int, str]] = []
-        deadline = time.monotonic() + seconds
+    """Four clients keep asking while the alias moves: the ingress loads version 2 first, so no request waits
+    for the load, and once traffic follows it stays on version 2."""
+    results: list[tuple[int, str]] = []  # (status, version or the error)
+    stop = asyncio.Event()
+
+    async def load() -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             async def worker() -> None:
-                while time.monotonic() < deadline:
+                while not stop.is_set():
                     response = await client.post(f"{url}/v1/predict", json={"instances": [TICKET]})
-                    version = response.json().get("model_version", "") if response.status_code == 200 else ""
-                    results.append((time.monotonic(), response.status_code, version))
+                    body = response.json()
+                    results.append((response.status_code, body.get("model_version", "") if
+                                    response.status_code == 200 else str(body.get("error"))))
 
             await asyncio.gather(*(worker() for _ in range(4)))
-        return results
 
-    async def scenario() -> list[tuple[float, int, str]]:
-        task = asyncio.create_task(load(14))
-        await asyncio.sleep(4)
-        await asyncio.to_thread(serving_registry.promote, "triage", "2")
-        return await task
+    async def until(condition: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {Counter(results)}"
+            await asyncio.sleep(0.2)
 
+    def answered(version: str) -> int:
+        return sum(1 for status, v in results if status == 200 and v == version)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(load())
+        try:
+            await until(lambda: answered("1") >= 20, 120, "traffic on version 1")
+            await asyncio.to_thread(serving_registry.promote, "triage", "2")
+            promoted = len(results)
+            await until(lambda: sum(1 for status, v in results[promoted:] if v == "2") >= 40, 300,
+                        "40 answers from version 2 after the promote")
+        finally:
+            stop.set()
+            await task
+
+    _wait(lambda: _ask(url).status_code == 200, 180, "the application to answer")
     try:
-        results = asyncio.run(scenario())
+        asyncio.run(scenario())
     finally:
         serving_registry.promote("triage", "1")
-    assert {status for _, status, _ in results} == {200}, Counter(status for _, status, _ in results)
-    versions = [version for _, _, version in results]
+    assert {status for status, _ in results} == {200}, Counter(results)
+    versions = [version for _, version in results]
     assert versions[0] == "1" and versions[-1] == "2"
-    assert set(versions[-len(versions) // 4:]) == {"2"}  # once followed, it stays on the new version
+    assert set(versions[-20:]) == {"2"}  # once followed, it stays on the new version
+    # The model replica held version 2 before the first answer from it: nothing waited for a load.
+    assert httpx.get(f"{url}/v1/models", timeout=30).json()["warming"] == {}
 
 
 def test_canary_split_is_within_statistical_tolerance(serve_settings: Settings, url: str) -> None:
@@ -125,6 +146,9 @@ def test_canary_split_is_within_statistical_tolerance(serve_settings: Settings, 
         _wait(lambda: any(m["name"] == "triage" and m["canary"]
                           for m in httpx.get(f"{url}/v1/models", timeout=30).json()["models"]),
               60, "the canary to be configured")
+        # The canary takes traffic once its version is loaded (the first request asks for the load).
+        _wait(lambda: _ask(url).status_code == 200 and
+              not httpx.get(f"{url}/v1/models", timeout=30).json()["warming"], 120, "the canary to be loaded")
         before = httpx.get(f"{url}/v1/models", timeout=30).json()["routing"]
 
         async def burst(n: int) -> list[str]:

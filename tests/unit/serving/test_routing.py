@@ -57,3 +57,40 @@ def test_a_promote_is_seen_after_the_alias_ttl(registry: Registry, monkeypatch: 
     assert router.resolve().version == "2"
     (registry.root / "triage" / "aliases.json").write_text(json.dumps({"production": "3"}))
     assert router.resolve().version == "3"
+
+
+def test_with_warm_first_a_moved_alias_keeps_its_old_version_until_the_new_one_is_loaded(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unison.serving.routing as routing
+
+    monkeypatch.setattr(routing, "ALIAS_TTL_S", 0.0)
+    router = Router(registry, "triage", warm_first=True)
+    assert router.resolve().version == "2" and router.wanted() == []  # first sight: followed at once
+    (registry.root / "triage" / "aliases.json").write_text(json.dumps({"production": "3"}))
+    assert router.resolve().version == "2" and router.wanted() == ["triage:3"]
+    router.warm_failed("triage:3", "checksum mismatch")
+    assert router.resolve().version == "2" and router.wanted() == []
+    assert router.warming() == {"triage:3": "failed: checksum mismatch"}
+    router.retry("triage:3")
+    assert router.wanted() == ["triage:3"]
+    router.warmed("triage:3")
+    assert router.resolve().version == "3" and router.warming() == {}
+    assert router.resolve("triage", "1").version == "1"  # a pinned version is never held back
+
+
+def test_with_warm_first_a_canary_takes_traffic_only_once_loaded(registry: Registry) -> None:
+    router = Router(registry, "triage", rng=random.Random(3), warm_first=True)
+    router.configure({"canaries": {"triage": {"version": "3", "weight": 0.5}}})
+    assert {router.resolve().version for _ in range(50)} == {"2"} and router.wanted() == ["triage:3"]
+    router.warmed("triage:3")
+    assert {router.resolve().version for _ in range(50)} == {"2", "3"}
+
+
+def test_without_warm_first_traffic_follows_at_once(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unison.serving.routing as routing
+
+    monkeypatch.setattr(routing, "ALIAS_TTL_S", 0.0)
+    router = Router(registry, "triage")
+    router.resolve()
+    (registry.root / "triage" / "aliases.json").write_text(json.dumps({"production": "3"}))
+    assert router.resolve().version == "3" and router.wanted() == []

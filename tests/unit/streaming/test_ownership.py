@@ -114,10 +114,27 @@ def test_a_holder_whose_lagging_partitions_see_no_commit_is_stalled(table: Lease
         lag[0] = (10 + second, 5)  # a keeps committing
         beat(table, "a", held=[0, 1], lag=lag)
         answer = beat(table, "b", held=[2, 3], lag=lag)
-    assert answer["stalled"] and "partition 2" in answer["stalled"]
+    assert answer["stalled"] and "partitions [2] have 50 records" in answer["stalled"]
     assert answer["owned"] == []  # its leases were revoked (the stall clock restarts with the next holder)
     assert beat(table, "a", held=[0, 1], lag=lag)["owned"] == [0, 1, 2, 3]  # moved to the live member
     assert table.handoffs["stalled"] == 2
+
+
+def test_a_holder_working_through_a_backlog_one_partition_at_a_time_is_not_stalled(table: LeaseTable,
+                                                                                  clock: Clock) -> None:
+    # The client hands out one partition's fetched chunk before the next: partition 1 waits its turn longer than
+    # stall_after_s while its holder commits on partition 0 all along.
+    lag = {0: (0, 900), 1: (0, 900)}
+    for second in range(int(STALL) * 2):
+        clock.now += 1
+        lag[0] = (second * 10, 900 - second * 10)
+        answer = beat(table, "a", held=[0, 1], partitions=2, lag=lag)
+    assert answer["stalled"] is None and answer["owned"] == [0, 1]
+    assert table.summary()["stalled_partitions"] == []
+    for _ in range(int(STALL) + 2):  # then nothing moves on either: stalled
+        clock.now += 1
+        answer = beat(table, "a", held=[0, 1], partitions=2, lag=lag)
+    assert answer["stalled"] and "partitions [0, 1]" in answer["stalled"]
 
 
 def test_a_caught_up_partition_is_never_stalled(table: LeaseTable, clock: Clock) -> None:
