@@ -319,8 +319,9 @@ def validate_push(rows: pd.DataFrame) -> pd.DataFrame:
         raise PushSchemaError("counts (open_tickets, tickets_last_90d, days_since_last_login) must be >= 0")
     if not out["last_csat"].dropna().between(1, 5).all():
         raise PushSchemaError("column 'last_csat' must be between 1 and 5")
-    out["created_timestamp"] = pd.to_datetime(rows["created_timestamp"], utc=True) if "created_timestamp" in \
-        rows.columns else pd.Timestamp.now(tz=UTC)
+    now = pd.Timestamp.now(tz=UTC)  # rows that carry no created_timestamp are stamped with the push's time
+    out["created_timestamp"] = pd.to_datetime(rows["created_timestamp"], utc=True).fillna(now) \
+        if "created_timestamp" in rows.columns else now
     return out.reset_index(drop=True)
 
 

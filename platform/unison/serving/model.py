@@ -464,19 +464,27 @@ class ModelServer:
         started = time.perf_counter()
         sizes = [len(r) for r in requests]
         tickets = pd.DataFrame.from_records([t for r in requests for t in r])
+        # One bad request must not fail the others batched with it: whatever a batch raises, each request is
+        # scored alone, so only the one that raises fails.
         try:
             rows = attach_online_features(self.features, tickets)
-        except Exception as exc:  # the online store is down: the whole batch cannot be scored
-            self._count("feature_store")
+        except Exception as exc:
+            if len(requests) > 1:
+                return [self._score_batch(predictor, [r])[0] for r in requests]
+            self._count("feature_store")  # alone it still fails: the online store is down (retry later)
             log.exception("online feature lookup failed")
-            return [_error(503, f"online feature store unavailable: {type(exc).__name__}: {exc}") for _ in requests]
+            return [_error(503, f"online feature store unavailable: {type(exc).__name__}: {exc}")]
         try:
             scored = score_tickets(predictor, rows)
-        except PredictorInputError as exc:
-            if len(requests) > 1:  # one bad request must not fail the others in its batch: score each alone
+        except Exception as exc:
+            if len(requests) > 1:
                 return [self._score_batch(predictor, [r])[0] for r in requests]
-            self._count("input")
-            return [_error(422, str(exc))]
+            if isinstance(exc, PredictorInputError):
+                self._count("input")
+                return [_error(422, str(exc))]
+            self._count("scoring")
+            log.exception("scoring a request failed")
+            return [_error(500, f"scoring failed: {type(exc).__name__}: {exc}")]
         self.stats.rows += len(tickets)
         model = f"{predictor.name}:{predictor.version}"
         metrics.scored_batch("online", model, len(tickets), time.perf_counter() - started)

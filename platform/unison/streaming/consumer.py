@@ -497,6 +497,9 @@ class TicketStream(TopicConsumer):
                 self.dead_letter(record, str(result["error"]))
                 continue
             waited_ms = time.time() * 1000 - record.timestamp if record.timestamp and record.timestamp > 0 else -1
+            # The dedupe key in the value too, for sinks that drop headers: at-least-once may repeat an output.
+            result = {**result, "result_id": f"{source(record)}/{result.get('model_name')}:"
+                                             f"{result.get('model_version')}"}
             self.send(self.kafka.output_topic, ticket.ticket_id.encode(), json.dumps(result).encode(),
                       [*((k, v.encode()) for k, v in headers.items()),
                        ("latency_ms", f"{latency_ms:.1f}".encode()),

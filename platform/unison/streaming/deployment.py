@@ -111,7 +111,6 @@ class StreamConsumer:
         return {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows))}
 
     def _score(self, tickets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        from unison.model.predictor import PredictorInputError
         from unison.model.scoring import attach_online_features, score_tickets
 
         with self._lock:
@@ -125,21 +124,14 @@ class StreamConsumer:
         started = time.perf_counter()
         model = f"{predictor.name}:{predictor.version}"
         frame = pd.DataFrame.from_records(tickets)
-        rows = attach_online_features(self.features, frame)
         try:
+            rows = attach_online_features(self.features, frame)
             scored = score_tickets(predictor, rows)
             if self.drift is not None:
                 self.drift.observe(model, predictor.manifest.training_reference, scored)
             records = scored.records()
-        except PredictorInputError:
-            # Score one by one so only the offending ticket is dead-lettered.
-            out: list[dict[str, Any]] = []
-            for i in range(len(tickets)):
-                try:
-                    out.append(score_tickets(predictor, rows.iloc[i:i + 1]).records()[0])
-                except PredictorInputError as exc:
-                    out.append({"error": str(exc)})
-            records = out
+        except Exception:
+            records = self._score_each(predictor, frame)
         metrics.scored_batch("stream", model, len(tickets), time.perf_counter() - started)
         results = []
         for ticket, record in zip(tickets, records, strict=True):
@@ -151,6 +143,34 @@ class StreamConsumer:
                             "variant": self.variant, "feature_service": self.feature_service})
         headers = {"model_name": predictor.name, "model_version": predictor.version}
         return results, headers
+
+    def _score_each(self, predictor: Any, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """Score a poll's tickets one by one after the poll as a whole raised: a ticket that still raises alone
+        gets `{"error": "<exception class>: <message>"}` (dead-lettered with that reason), the others are scored.
+        If every ticket's feature lookup fails alone, the cause is not a ticket but the online store: raise, so
+        the poll is retried with backoff instead of dead-lettered."""
+        from unison.model.predictor import PredictorInputError
+        from unison.model.scoring import attach_online_features, score_tickets
+
+        out: list[dict[str, Any]] = []
+        lookups_failed: list[Exception] = []
+        for i in range(len(frame)):
+            try:
+                rows = attach_online_features(self.features, frame.iloc[i:i + 1])
+            except Exception as exc:
+                lookups_failed.append(exc)
+                out.append({"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            try:
+                out.append(score_tickets(predictor, rows).records()[0])
+            except PredictorInputError as exc:
+                out.append({"error": str(exc)})
+            except Exception as exc:
+                log.exception("scoring ticket %s failed", frame.iloc[i].get("ticket_id"))
+                out.append({"error": f"{type(exc).__name__}: {exc}"})
+        if lookups_failed and len(lookups_failed) == len(frame):
+            raise lookups_failed[0]
+        return out
 
     async def check_health(self) -> None:
         """Raise when the consumer loop died or makes no progress while its partitions lag (Serve then

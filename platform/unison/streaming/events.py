@@ -38,21 +38,22 @@ class FeatureEventConfig(ConsumerConfig):
 
 
 def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The event's fields, or the reason it cannot be pushed. Column checks are the push schema's
-    (`unison.features.store.validate_push`); this only rejects what a data frame would silently reinterpret."""
+    """The event's push row, or the reason it cannot be pushed (`unison.features.event.FeatureEvent`'s rules:
+    the first failing field, named)."""
+    from pydantic import ValidationError
+
+    from unison.features.event import FeatureEvent
+
     payload, reason = json_object(value, MAX_EVENT_BYTES)
     if payload is None:
         return None, reason
-    for name in ("event_timestamp", "created_timestamp"):
-        stamp = payload.get(name, "")
-        if not isinstance(stamp, str):  # a bare number would be read as nanoseconds since 1970
-            return None, f"{name}: expected an ISO-8601 string such as 2026-11-23T10:15:00Z"
-    for name, item in payload.items():
-        if name in ("event_timestamp", "created_timestamp") or item is None:
-            continue
-        if isinstance(item, bool) or not isinstance(item, (int, float)):  # no "3" or true read as numbers
-            return None, f"{name}: expected a number, got {type(item).__name__}"
-    return payload, None
+    try:
+        return FeatureEvent.model_validate(payload).row(), None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        return None, f"{where}: {message}" if where else message
 
 
 Push = Callable[[pd.DataFrame], int]

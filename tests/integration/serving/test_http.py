@@ -2,6 +2,7 @@
 a model that fails to load, run-time batching changes through `serve deploy`, and 503 under overload."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -61,18 +62,18 @@ def test_v1_predict_matches_in_process_scoring(url: str, tickets: pd.DataFrame, 
 
 
 def test_open_inference_protocol_v2(url: str, tickets: pd.DataFrame) -> None:
-    assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
-    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
-    server = httpx.get(f"{url}/v2").json()
+    assert httpx.get(f"{url}/v2/health/live", timeout=30).json() == {"live": True}
+    assert httpx.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
+    server = httpx.get(f"{url}/v2", timeout=30).json()
     assert server["name"] == "unison" and "version" in server and server["extensions"] == []
-    meta = httpx.get(f"{url}/v2/models/triage").json()
+    meta = httpx.get(f"{url}/v2/models/triage", timeout=30).json()
     assert meta["versions"] == ["1", "2"]
     version = "1"
     assert {i["name"] for i in meta["inputs"]} >= {"customer_id", "subject", "body"}
     assert {o["name"]: o["datatype"] for o in meta["outputs"]}["probabilities"] == "FP32"
-    assert httpx.get(f"{url}/v2/models/triage/versions/{version}").json()["name"] == "triage"
-    assert httpx.get(f"{url}/v2/models/triage/ready").status_code == 200
-    assert httpx.get(f"{url}/v2/models/triage/versions/{version}/ready").status_code == 200
+    assert httpx.get(f"{url}/v2/models/triage/versions/{version}", timeout=30).json()["name"] == "triage"
+    assert httpx.get(f"{url}/v2/models/triage/ready", timeout=30).status_code == 200
+    assert httpx.get(f"{url}/v2/models/triage/versions/{version}/ready", timeout=30).status_code == 200
 
     n = len(tickets)
     request = {"id": "req-1", "inputs": [
@@ -99,8 +100,8 @@ def test_open_inference_protocol_v2(url: str, tickets: pd.DataFrame) -> None:
     only = httpx.post(f"{url}/v2/models/triage/infer", json={**request, "outputs": [{"name": "priority"}]},
                       timeout=60).json()
     assert [o["name"] for o in only["outputs"]] == ["priority"]
-    assert httpx.get(f"{url}/docs").status_code == 200
-    assert "/v2/models/{name}/infer" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{url}/docs", timeout=30).status_code == 200
+    assert "/v2/models/{name}/infer" in httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
 
 
 GOOD = {"ticket_id": "t1", "customer_id": 1, "subject": "refund", "body": "I was charged twice"}
@@ -118,6 +119,11 @@ OIP_GOOD = {"inputs": [{"name": "customer_id", "shape": [1], "datatype": "INT64"
     ("POST", "/v1/predict", {"tickets": [GOOD]}, 422, "instances"),
     ("POST", "/v1/predict", {"instances": [{**GOOD, "subject": "", "body": "x" * 20_001}]}, 413, "20001 characters"),
     ("POST", "/v1/predict", {"instances": [GOOD] * 65}, 413, "65 instances"),
+    ("POST", "/v1/predict", b'{"instances": [{"ticket_id": "t1", "customer_id": 1, "body": "a\\ud800b"}]}', 422,
+     "body"),
+    ("POST", "/v1/predict", {"instances": [{**GOOD, "customer_id": 2**70}]}, 422, "customer_id"),
+    ("POST", "/v2/models/triage/infer", {"inputs": [{**OIP_GOOD["inputs"][0], "data": [2**70]},
+                                                    OIP_GOOD["inputs"][1]]}, 400, "customer_id"),
     ("POST", "/v1/predict", {"instances": [GOOD], "model": "spam"}, 404, "unknown model 'spam'; models: big, "),
     ("POST", "/v1/predict", {"instances": [GOOD], "model": "triage:999"}, 404, "no version '999'"),
     ("POST", "/v1/predict", b"x" * (4 * 1024 * 1024 + 1), 413, "exceeds the limit"),
@@ -144,20 +150,41 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(
     assert httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=30).status_code == 200
 
 
+def test_a_bad_request_batched_with_good_ones_fails_alone(url: str) -> None:
+    """A surrogate and a huge id sent at once with 15 good requests (one batch window): JSON 4xx for them, 200 for
+    all the others."""
+    surrogate = b'{"instances": [{"ticket_id": "bad", "customer_id": 1, "body": "a\\ud800b"}]}'
+    huge = json.dumps({"instances": [{**GOOD, "customer_id": 2**70}]}).encode()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            good = [client.post(f"{url}/v1/predict", json={"instances": [{**GOOD, "ticket_id": f"g{i}"}]})
+                    for i in range(15)]
+            bad = [client.post(f"{url}/v1/predict", content=body, headers={"content-type": "application/json"})
+                   for body in (surrogate, huge)]
+            return list(await asyncio.gather(*good, *bad))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses[:15]] == [200] * 15, [r.text for r in responses[:15]]
+    assert [r.status_code for r in responses[15:]] == [422, 422]
+    assert "body" in responses[15].json()["error"] and "customer_id" in responses[16].json()["error"]
+
+
 def test_a_model_that_fails_to_load_answers_503_and_others_keep_serving(url: str) -> None:
     # /broken serves broken:1 by default, whose weights changed after registration: refused by checksum.
     response = httpx.post(f"{url}/broken/v1/predict", json={"instances": [GOOD]}, timeout=30)
     assert response.status_code == 503, response.text
     assert "refused" in response.json()["error"] and "checksum mismatch" in response.json()["error"]
-    assert httpx.get(f"{url}/broken/v2/health/ready").status_code == 503
-    ready = httpx.get(f"{url}/broken/v2/models/broken/ready")
+    assert httpx.get(f"{url}/broken/v2/health/ready", timeout=30).status_code == 503
+    ready = httpx.get(f"{url}/broken/v2/models/broken/ready", timeout=30)
     assert ready.status_code == 503 and "checksum" in ready.json()["error"]
     assert httpx.post(f"{url}/broken/v2/models/broken/infer", json=OIP_GOOD, timeout=30).status_code == 503
-    assert httpx.get(f"{url}/broken/v2/health/live").status_code == 200  # the process is alive, the model is not
+    # The process is alive, the model is not.
+    assert httpx.get(f"{url}/broken/v2/health/live", timeout=30).status_code == 200
     # Other models keep serving, in the same replica and in the healthy application.
     other = httpx.post(f"{url}/broken/v1/predict", json={"instances": [GOOD], "model": "triage:1"}, timeout=60)
     assert other.status_code == 200 and other.json()["model_version"] == "1"
-    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
 
 
 def _model_info(url: str) -> dict[str, Any]:
@@ -195,6 +222,19 @@ def _wait_settled(settings: Settings, since: float, timeout: float = 180) -> Non
     deadline = time.monotonic() + timeout
     while not _settled(settings, since):
         assert time.monotonic() < deadline, "the redeploy did not roll out"
+        time.sleep(1)
+
+
+def _restore(settings: Settings, tmp_path: Path, url: str) -> None:
+    """Deploy the file's settings again and wait until they are rolled out and answering, so whatever runs next
+    does not meet a replica swap."""
+    since = time.time()
+    _serve_deploy(settings, tmp_path, {})
+    _wait_settled(settings, since)
+    _wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 16)
+    deadline = time.monotonic() + 180
+    while httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=60).status_code != 200:
+        assert time.monotonic() < deadline, "the restored application does not answer"
         time.sleep(1)
 
 
@@ -237,7 +277,7 @@ def test_batching_changes_at_run_time_through_serve_deploy(serve_settings: Setti
         assert stats["mean_requests_per_batch"] > 1  # concurrent requests really shared batches
         assert 0 < stats["fill_ratio"] <= 1
     finally:
-        _serve_deploy(serve_settings, tmp_path, {})  # the file's settings, for whatever runs next
+        _restore(serve_settings, tmp_path, url)
 
 
 def test_overload_answers_503_quickly(serve_settings: Settings, url: str, tmp_path: Path) -> None:
@@ -276,7 +316,7 @@ def test_overload_answers_503_quickly(serve_settings: Settings, url: str, tmp_pa
         assert max(seconds for seconds, _ in rejected) < served[-1]  # refused at once, not after waiting in line
         assert httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=60).status_code == 200
     finally:
-        _serve_deploy(serve_settings, tmp_path, {})  # the file's settings, for whatever runs next
+        _restore(serve_settings, tmp_path, url)
 
 
 def test_serve_status_cli_lists_the_deployments(serve_settings: Settings, unison_env: dict[str, str]) -> None:

@@ -29,6 +29,11 @@ def _replica(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/v1/models", timeout=30).json()["replica"]
 
 
+def _aliases(url: str, name: str = "triage") -> dict[str, str]:
+    models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+    return dict(next(m for m in models if m["name"] == name)["aliases"])
+
+
 def _redeploy(settings: Settings, model: dict[str, Any] | None = None) -> None:
     deploy.up(settings, overrides={MODEL: model} if model else None, progress=lambda line: None)
 
@@ -129,8 +134,10 @@ def test_promote_moves_live_traffic_without_failed_requests(serve_settings: Sett
     _wait(lambda: _ask(url).status_code == 200, 180, "the application to answer")
     try:
         asyncio.run(scenario())
-    finally:
+    finally:  # back to version 1, and answering from it, for whatever runs next
         serving_registry.promote("triage", "1")
+        _wait(lambda: _ask(url).json().get("model_version") == "1" and _aliases(url) == {"production": "1"},
+              120, "version 1 to answer again")
     assert {status for status, _ in results} == {200}, Counter(results)
     versions = [version for _, version in results]
     assert versions[0] == "1" and versions[-1] == "2"

@@ -18,6 +18,7 @@ import yaml
 from unison.config import Settings
 from unison.ops import stack
 from unison.serving.app import STREAM
+from unison.streaming.consumer import MAX_MESSAGE_BYTES
 from unison.streaming.tools import produce, tail
 
 
@@ -69,6 +70,11 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
         (f"{run}-bad-empty".encode(), json.dumps({"ticket_id": "x", "customer_id": 7, "body": " "}).encode()),
         (f"{run}-bad-long".encode(), json.dumps({"ticket_id": "x", "customer_id": 7, "body": "y" * 20_001}).encode()),
         (f"{run}-bad-tombstone".encode(), None),
+        # Valid JSON that used to pass validation and raise inside scoring, replaying the poll forever:
+        (f"{run}-bad-surrogate".encode(), b'{"ticket_id": "x", "customer_id": 7, "body": "a\\ud800b"}'),
+        (f"{run}-bad-huge-id".encode(), json.dumps({"ticket_id": "x", "customer_id": 2**70, "body": "x"}).encode()),
+        (f"{run}-bad-oversize".encode(), json.dumps({"ticket_id": "x", "customer_id": 7,
+                                                     "body": "z" * (MAX_MESSAGE_BYTES + 1)}).encode()),
     ]
     messages: list[tuple[bytes, bytes | None]] = [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in good]
     for i, message in enumerate(poison):  # mixed in among the good ones
@@ -85,6 +91,9 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
     assert "customer_id" in reasons[f"{run}-bad-missing"] and "customer_id" in reasons[f"{run}-bad-type"]
     assert "empty" in reasons[f"{run}-bad-empty"] and "20001 characters" in reasons[f"{run}-bad-long"]
     assert next(r for r in dead if r["key"] == f"{run}-bad-json")["value"] == "{not json"  # original bytes kept
+    assert "body" in reasons[f"{run}-bad-surrogate"] and "unicode" in reasons[f"{run}-bad-surrogate"].lower()
+    assert "customer_id" in reasons[f"{run}-bad-huge-id"] and "exceeds" in reasons[f"{run}-bad-oversize"]
+    assert len(dead) == len(poison)  # each poison record dead-lettered once, not once per replay
 
     # Outputs carry model version and source, and equal in-process scoring of the same tickets.
     registry = Registry(serve_settings.model.registry_dir)
@@ -93,6 +102,7 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
     for ticket, want in zip(good, expected.records(), strict=True):
         record = by_id[ticket["ticket_id"]]
         assert record["headers"]["model_version"] == "1" and record["headers"]["source"].startswith("tickets/")
+        assert record["value"]["result_id"] == f"{record['headers']['source']}/triage:1"  # dedupe key in the value
         assert record["value"]["category"] == want["category"]
         assert abs(record["value"]["priority"] - want["priority"]) < 1e-6
     assert _stream(url)["stats"]["dead_letters"] >= len(poison)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from tests.unit.fakes import FakeFeatures, FakeScorer
 
 from unison.streaming.consumer import MAX_MESSAGE_BYTES, StreamConfig, decode
 
@@ -35,3 +36,34 @@ def test_stream_config_is_strict() -> None:
     assert StreamConfig().group_id == "unison-scorer"
     with pytest.raises(ValueError):
         StreamConfig.model_validate({"group": "x"})
+
+
+def _stream_consumer(features: object) -> object:
+    import threading
+    import time
+
+    from unison.streaming.deployment import StreamConsumer
+
+    consumer = StreamConsumer.__new__(StreamConsumer)  # no Serve, no Kafka: the scoring shell only
+    consumer._lock, consumer._checked = threading.Lock(), time.monotonic()
+    consumer.features, consumer.drift, consumer.variant, consumer.feature_service = features, None, "int8", "triage_v1"
+    consumer.predictor = FakeScorer()
+    return consumer
+
+
+def test_a_ticket_that_raises_in_scoring_is_dead_lettered_with_its_exception_and_the_others_are_scored() -> None:
+    consumer = _stream_consumer(FakeFeatures())
+    tickets = [{"ticket_id": f"t{i}", "customer_id": i, "subject": "s", "body": "boom" if i == 2 else "fine"}
+               for i in range(4)]
+    results, _ = consumer._score(tickets)
+    assert [("error" in r) for r in results] == [False, False, True, False]
+    assert results[2]["error"] == "OverflowError: Python int too large to convert to C long"
+    assert results[3]["ticket_id"] == "t3"
+
+
+def test_an_online_store_outage_raises_so_the_poll_is_retried_not_dead_lettered() -> None:
+    features = FakeFeatures()
+    features.down = True
+    consumer = _stream_consumer(features)
+    with pytest.raises(ConnectionError, match="online store unreachable"):
+        consumer._score([{"ticket_id": f"t{i}", "customer_id": i, "subject": "s", "body": "b"} for i in range(3)])

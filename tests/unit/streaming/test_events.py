@@ -2,6 +2,7 @@
 
 import json
 from collections import namedtuple
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -15,9 +16,18 @@ GOOD = {"customer_id": 7, "open_tickets": 3, "tickets_last_90d": 9, "last_csat":
 Record = namedtuple("Record", "topic partition offset key value timestamp")
 
 
-def test_a_good_event_decodes() -> None:
+def test_a_good_event_decodes_with_its_times_parsed_to_utc() -> None:
     payload, reason = decode_event(json.dumps(GOOD).encode())
-    assert reason is None and payload == GOOD
+    assert reason is None and payload == {**GOOD, "event_timestamp": datetime(2026, 11, 23, 10, 15, tzinfo=UTC),
+                                          "created_timestamp": None}
+
+
+def test_mixed_iso_formats_in_one_poll_become_one_instant() -> None:
+    stamps = ["2026-11-23T10:15:00Z", "2026-11-23T12:15:00+02:00", "2026-11-23T10:15:00", "2026-11-23 10:15:00.000"]
+    decoded = [decode_event(json.dumps({**GOOD, "event_timestamp": s, "created_timestamp": s}).encode())[0]
+               for s in stamps]
+    assert {d["event_timestamp"] for d in decoded if d} == {datetime(2026, 11, 23, 10, 15, tzinfo=UTC)}
+    assert all(d and d["created_timestamp"] == d["event_timestamp"] for d in decoded)
 
 
 @pytest.mark.parametrize(("value", "reason"), [
@@ -27,6 +37,14 @@ def test_a_good_event_decodes() -> None:
     (json.dumps({**GOOD, "event_timestamp": 1700000000}).encode(), "ISO-8601"),
     (json.dumps({**GOOD, "open_tickets": "3"}).encode(), "open_tickets: expected a number, got str"),
     (json.dumps({**GOOD, "customer_id": True}).encode(), "customer_id: expected a number, got bool"),
+    (json.dumps({**GOOD, "customer_id": 2**70}).encode(), "customer_id: Input should be less than or equal to"),
+    (json.dumps({**GOOD, "open_tickets": 5_000_000_000}).encode(), "open_tickets: Input should be less than"),
+    (json.dumps({**GOOD, "open_tickets": 2.5}).encode(), "open_tickets: expected a whole number"),
+    (json.dumps({**GOOD, "days_since_last_login": -1}).encode(), "days_since_last_login: Input should be greater"),
+    (json.dumps({**GOOD, "last_csat": 9}).encode(), "last_csat: Input should be less than or equal to 5"),
+    (json.dumps({**GOOD, "created_timestamp": "x"}).encode(), "created_timestamp: 'x' is not an ISO-8601 time"),
+    (json.dumps({**GOOD, "plan": "pro"}).encode(), "plan: Extra inputs are not permitted"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "open_tickets"}).encode(), "open_tickets: Field required"),
     (b"{" + b" " * MAX_EVENT_BYTES + b"}", "exceeds"),
 ])
 def test_bad_events_have_a_reason(value: bytes | None, reason: str) -> None:
