@@ -110,7 +110,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
             return _error(400, "request body is missing: send a JSON object")
     parts = []
     for error in errors[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        loc = tuple(error.get("loc", ()))
+        loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's prefix only: a ticket field is named "body" too
+        where = ".".join(str(p) for p in loc)
         parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return _error(400 if oip else 422, "; ".join(parts) + more)
