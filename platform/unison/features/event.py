@@ -25,10 +25,8 @@ def _number(value: Any) -> Any:
 
 def _whole(value: Any) -> int:
     value = _number(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"expected a whole number, got {value}")
-        return int(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected a whole number, got {value}")
     return int(value)
 
 

@@ -55,3 +55,14 @@ class Ticket(BaseModel):
 
     def text_chars(self) -> int:
         return len(self.subject) + len(self.body)
+
+
+def first_error(exc: ValueError) -> str:
+    """A validation failure as one line naming the field: `<where>: <what>` (pydantic's first error)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first = errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

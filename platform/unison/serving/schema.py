@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from unison.features.ticket import Ticket
+from unison.features.ticket import Ticket, first_error
 
 
 class RequestError(Exception):
@@ -244,18 +244,9 @@ def oip_tickets(request: InferenceRequest, limits: ApiLimits) -> list[Ticket]:
         try:
             tickets.append(Ticket.model_validate(fields))
         except ValueError as exc:
-            raise RequestError(400, f"row {i}: {_first_error(exc)}") from None
+            raise RequestError(400, f"row {i}: {first_error(exc)}") from None
     check_limits(tickets, limits)
     return tickets
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"{where}: {first['msg']}" if where else first["msg"]
-    return str(exc)
 
 
 def oip_response(result: dict[str, Any], requested: list[RequestedOutput] | None, request_id: str | None,

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from unison.config import KafkaConfig
-from unison.features.ticket import Ticket
+from unison.features.ticket import Ticket, first_error
 from unison.ops import metrics
 from unison.ops.window import RollingWindow
 from unison.streaming.lag import LagWatch
@@ -128,9 +128,7 @@ def decode(value: bytes | None, max_text_chars: int) -> tuple[Ticket | None, str
     try:
         ticket = Ticket.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return None, f"{where}: {first['msg']}" if where else str(first["msg"])
+        return None, first_error(exc)
     if ticket.text_chars() > max_text_chars:
         return None, f"text has {ticket.text_chars()} characters, more than {max_text_chars}"
     return ticket, None

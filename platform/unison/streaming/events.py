@@ -43,6 +43,7 @@ def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None
     from pydantic import ValidationError
 
     from unison.features.event import FeatureEvent
+    from unison.features.ticket import first_error
 
     payload, reason = json_object(value, MAX_EVENT_BYTES)
     if payload is None:
@@ -50,10 +51,7 @@ def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None
     try:
         return FeatureEvent.model_validate(payload).row(), None
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error.get("loc", ()))
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        return None, f"{where}: {message}" if where else message
+        return None, first_error(exc)
 
 
 Push = Callable[[pd.DataFrame], int]
