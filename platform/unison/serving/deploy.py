@@ -23,6 +23,7 @@ from unison.ops import serve_file
 from unison.ops.stack import Endpoints, endpoints, free_ports, port_open, ray_auth_headers
 
 SERVE_API = "/api/serve/applications/"
+APP_IMPORT_PATH = "unison.serving.app:build"
 STATE_FILE = "serve.json"
 
 
@@ -125,7 +126,28 @@ def render(settings: Settings, stack: Endpoints | None, http_port: int,
         ServeDeploySchema.model_validate(config)
     except Exception as exc:
         raise ServeError(f"invalid Serve config {settings.serving.config_file}: {exc}") from None
+    check_body_limits(config, settings.serving.config_file)
     return config
+
+
+def check_body_limits(config: dict[str, Any], source: Path) -> None:
+    """Every Unison application's `max_body_bytes` within the proxy's read-ahead. The proxy stops reading a body
+    there, so an application allowing more would leave a larger upload waiting until the proxy's timeout."""
+    from unison.serving.body import READ_AHEAD_ENV, read_ahead_bytes
+    from unison.serving.schema import ApiLimits
+
+    env = ((config.get("controller_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    read_ahead = read_ahead_bytes(env)
+    if read_ahead is None:
+        return
+    for application in config["applications"]:
+        if application.get("import_path") != APP_IMPORT_PATH:
+            continue
+        limit = int((application.get("args") or {}).get("max_body_bytes", ApiLimits().max_body_bytes))
+        if limit > read_ahead:
+            raise ServeError(f"application {application.get('name')!r} in {source}: max_body_bytes {limit} is more "
+                             f"than the proxy reads ahead ({READ_AHEAD_ENV}: {read_ahead} in controller_options); "
+                             "raise that or lower max_body_bytes")
 
 
 def scoring_resources(deployment: dict[str, Any], settings: Settings) -> None:

@@ -2,9 +2,10 @@
 
 Every error is JSON, `{"error": "<what is wrong>"}`, with a status that tells the client what to do: 400
 (malformed JSON, a bad OIP tensor), 404 (unknown model, version or route), 413 (too many instances, text or body
-too large), 422 (a field missing or of the wrong type, empty text), 503 (model not loaded, overloaded: retry
-later), 504 (the model did not answer in time). The model deployment is reached through a handle; when its
-queue is full Serve raises back-pressure at once and the request answers 503 instead of waiting.
+too large), 415 (a body that is not JSON: unison.serving.body), 422 (a field missing or of the wrong type, empty
+text), 503 (model not loaded, overloaded: retry later), 504 (the model did not answer in time). The model
+deployment is reached through a handle; when its queue is full Serve raises back-pressure at once and the request
+answers 503 instead of waiting.
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at run time.
 """
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import unison
 from unison.ops.window import RollingWindow
+from unison.serving.body import BodyGuard
 from unison.serving.routing import Route, Router, UnknownModel
 from unison.serving.schema import (
     OIP_INPUTS,
@@ -71,8 +73,9 @@ app = FastAPI(
     description="Support-ticket triage. `/v1`: Unison's JSON API. `/v2`: the Open Inference Protocol v2 "
                 "(KServe, Triton, MLServer clients work unchanged). Errors are `{\"error\": \"...\"}`.",
 )
-# One ingress replica per process: its limits, read by the body-size middleware before any parsing.
+# One ingress replica per process: its limits, read by the body middleware before any parsing.
 _limits: dict[str, ApiLimits] = {"current": ApiLimits()}
+app.add_middleware(BodyGuard, limit=lambda: _limits["current"].max_body_bytes)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -83,19 +86,6 @@ def _route(request: Request) -> str:
     """The path inside the application (Serve mounts it under its route prefix)."""
     path, root = request.scope.get("path", ""), request.scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
-
-
-@app.middleware("http")
-async def _body_limit(request: Request, call_next: Any) -> Any:
-    length = request.headers.get("content-length")
-    limit = _limits["current"].max_body_bytes
-    if length is not None and length.isdigit() and int(length) > limit:
-        return _error(413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes")
-    if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
-        # Bodies are JSON whatever the client declared (curl -d sends form encoding): parse them as JSON.
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-    return await call_next(request)
 
 
 @app.exception_handler(RequestValidationError)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from unison.features.ticket import Ticket, first_error
+from unison.serving.body import DEFAULT_MAX_BODY_BYTES
 
 
 class RequestError(Exception):
@@ -32,8 +33,10 @@ class ApiLimits(BaseModel):
                                description="Most tickets in one request; more answers 413 (split the request).")
     max_text_chars: int = Field(default=20_000, ge=1,
                                 description="Longest subject + body in characters; longer answers 413.")
-    max_body_bytes: int = Field(default=4 << 20, ge=1024,
-                                description="Largest request body in bytes; larger answers 413 before parsing.")
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024,
+                                description="Largest request body in bytes, counted as it arrives (chunked "
+                                            "uploads too); larger answers 413 before parsing. At most the proxy's "
+                                            "read-ahead (deploy/serve.yaml, `controller_options`).")
     request_timeout_s: float = Field(default=10.0, gt=0,
                                      description="A request not answered by the model in this time answers 504.")
 

@@ -4,9 +4,13 @@ a model that fails to load, run-time batching changes through `serve deploy`, an
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +172,148 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(url: str) -> None:
     assert [r.status_code for r in responses[:15]] == [200] * 15, [r.text for r in responses[:15]]
     assert [r.status_code for r in responses[15:]] == [422, 422]
     assert "body" in responses[15].json()["error"] and "customer_id" in responses[16].json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------- request bodies
+
+BODY_LIMIT = 4 * 1024 * 1024  # the application's max_body_bytes (deploy/serve.yaml), also the proxy's read-ahead
+JSON_TYPE = {"content-type": "application/json"}
+
+
+def _blocks(total: int, size: int = 1 << 16) -> Iterator[bytes]:
+    """`total` bytes in blocks: httpx sends an iterator chunked, without a Content-Length."""
+    block = b" " * size
+    for _ in range(total // size):
+        yield block
+
+
+def _body_pids(settings: Settings) -> dict[str, int]:
+    """The processes a request body passes through: Serve's HTTP proxy and the ingress replica (Ray's state
+    API)."""
+    from ray.util.state import list_actors
+
+    from unison.ops.stack import endpoints
+    from unison.serving.app import INGRESS
+
+    address = endpoints(settings).ray_dashboard_url
+    pids = {}
+    for role, class_name in (("proxy", "ProxyActor"), ("ingress", f"ServeReplica:unison:{INGRESS}")):
+        actors = list_actors(address=address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+        assert len(actors) == 1 and actors[0].pid, actors
+        pids[role] = int(actors[0].pid)
+    return pids
+
+
+class PeakRss:
+    """How much each process's RSS rose above its value at the start while the `with` block ran (sampled every
+    few milliseconds in a thread, so a short peak counts)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.processes = {role: psutil.Process(pid) for role, pid in pids.items()}
+        self.start = {role: p.memory_info().rss for role, p in self.processes.items()}
+        self.peak = dict(self.start)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            for role, process in self.processes.items():
+                self.peak[role] = max(self.peak[role], process.memory_info().rss)
+            self.stop.wait(0.003)
+
+    def __enter__(self) -> "PeakRss":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def growth_mib(self) -> dict[str, float]:
+        return {role: round((self.peak[role] - self.start[role]) / 2**20, 1) for role in self.processes}
+
+
+def test_a_chunked_body_over_the_limit_gets_413_and_is_never_held_whole(url: str, serve_settings: Settings) -> None:
+    """64x the limit, chunked: 413 with the JSON error, and neither the proxy nor the ingress replica grows by
+    anything near the body (Serve's proxy alone would read it all ahead: see unison.serving.body)."""
+    import psutil
+
+    from unison.serving.body import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    total = 64 * BODY_LIMIT
+    pids = _body_pids(serve_settings)
+    # The proxy got deploy/serve.yaml's controller_options, so it runs unison.serving.body.ReadAhead.
+    assert psutil.Process(pids["proxy"]).environ().get(PROXY_CALLBACK_ENV) == PROXY_CALLBACK
+    for _ in range(2):  # the second time the allocators have warmed up; both count
+        with PeakRss(pids) as rss:
+            response = httpx.post(f"{url}/v1/predict", content=_blocks(total), headers=JSON_TYPE, timeout=120)
+        print(f"chunked {total >> 20} MiB body: RSS growth MiB {rss.growth_mib}")
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413, response.text
+        assert response.json() == {"error": f"request body exceeds the limit of {BODY_LIMIT} bytes"}
+        assert all(growth < (total >> 20) / 4 for growth in rss.growth_mib.values()), rss.growth_mib
+    assert _body_pids(serve_settings) == pids  # nothing restarted
+    assert httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=60).status_code == 200
+
+
+def _raw_request(url: str, head: bytes, chunks: int = 0) -> tuple[int, dict[str, Any]]:
+    """Send a request head and `chunks` 64 KiB chunks of a chunked body that is never finished, then read the
+    answer: it can only come while the client is still sending."""
+    parsed = urllib.parse.urlsplit(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as sock:
+        sock.sendall(head.replace(b"\n", b"\r\n") + b"\r\n")
+        block = b" " * (1 << 16)
+        for _ in range(chunks):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(block), block))
+        reader = sock.makefile("rb")
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline().strip()):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, json.loads(reader.read(int(headers["content-length"])))
+
+
+def test_the_413_arrives_while_the_body_is_still_being_sent(url: str) -> None:
+    head = b"POST /v1/predict HTTP/1.1\nHost: unison\nContent-Type: application/json\nTransfer-Encoding: chunked\n"
+    status, body = _raw_request(url, head, chunks=BODY_LIMIT // (1 << 16) + 2)
+    assert status == 413 and body == {"error": f"request body exceeds the limit of {BODY_LIMIT} bytes"}
+
+
+def test_a_content_length_over_the_limit_gets_413_before_any_body_is_sent(url: str) -> None:
+    head = b"POST /v1/predict HTTP/1.1\nHost: unison\nContent-Type: application/json\nContent-Length: %d\n" % 2**40
+    status, body = _raw_request(url, head)
+    assert status == 413
+    assert body == {"error": f"request body of {2**40} bytes exceeds the limit of {BODY_LIMIT} bytes"}
+
+
+@pytest.mark.parametrize(("path", "kwargs", "declared"), [
+    ("/v1/predict", {"content": json.dumps({"instances": [GOOD]}), "headers": {"content-type": "text/plain"}},
+     "'text/plain'"),
+    ("/v1/predict", {"data": {"instances": "[]"}}, "'application/x-www-form-urlencoded'"),
+    ("/v1/predict", {"content": json.dumps({"instances": [GOOD]})}, "no Content-Type"),  # a Blob without a type
+    ("/v2/models/triage/infer", {"content": json.dumps(OIP_GOOD), "headers": {"content-type": "text/plain"}},
+     "'text/plain'"),
+    ("/v1/parity", {"content": "{}", "headers": {"content-type": "text/plain;charset=UTF-8"}},
+     "'text/plain;charset=UTF-8'"),
+])
+def test_a_body_that_is_not_json_gets_415_naming_the_type_to_send(url: str, path: str, kwargs: dict[str, Any],
+                                                                   declared: str) -> None:
+    response = httpx.post(url + path, timeout=30, **kwargs)
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert declared in error and error.endswith("send Content-Type: application/json")
+
+
+def test_json_with_a_charset_or_a_json_suffix_type_is_read(url: str) -> None:
+    body = json.dumps({"instances": [GOOD]}).encode()
+    for content_type in ("application/json; charset=utf-8", "application/vnd.unison+json"):
+        response = httpx.post(f"{url}/v1/predict", content=body, headers={"content-type": content_type}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["ticket_id"] == "t1"
 
 
 def test_a_model_that_fails_to_load_answers_503_and_others_keep_serving(url: str) -> None:
