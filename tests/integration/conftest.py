@@ -99,9 +99,17 @@ def serving_registry(platform_settings: Settings, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
-def serve_settings(platform_settings: Settings, serving_registry: Registry,
+def hold_before_commit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file exists, every consumer loop of the session's Serve application holds between "every send
+    acknowledged" and "commit" (the test hook of unison.streaming.consumer; absent, it costs one stat a commit)."""
+    return tmp_path_factory.mktemp("hooks") / "hold-before-commit"
+
+
+@pytest.fixture(scope="session")
+def serve_settings(platform_settings: Settings, serving_registry: Registry, hold_before_commit: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    config["applications"][0]["runtime_env"] = {"env_vars": {"UNISON_TEST_HOLD_BEFORE_COMMIT": str(hold_before_commit)}}
     for deployment in config["applications"][0]["deployments"]:  # drift checks every second, not every minute
         if deployment["name"] == "DriftMonitor":
             deployment["user_config"].update(interval_s=1, min_rows=50)

@@ -35,6 +35,9 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                     ("topic", "outcome"), None),
     "unison_stream_dead_letters_total": ("counter", "Records sent to a dead-letter topic, by reason.",
                                          ("topic", "reason"), None),
+    "unison_stream_errors_total": ("counter", "Failures in a consumer loop, by kind: broker (reconnect), transient "
+                                              "(retried), permanent (the poll retried a record at a time).",
+                                   ("topic", "kind"), None),
     "unison_stream_event_duration_seconds": (
         "histogram", "From a record's timestamp (when it was produced) to its result being produced.", ("topic",),
         EVENT_BUCKETS),

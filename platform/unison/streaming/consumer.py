@@ -7,8 +7,11 @@ every record acknowledged by the broker -- before the batch's offsets are commit
 and commit replays the batch (duplicate outputs, never lost ones); every output carries its input's topic,
 partition and offset in its headers so consumers can deduplicate. A malformed message goes to the dead-letter
 topic with its original bytes and a `reason` header, and its offset is committed with the rest: the partition
-moves on. Broker outages are retried with backoff; the loop only stops when asked. Which partitions a loop
-consumes is decided by the partition coordinator (`unison.streaming.ownership`), never by a group rebalance.
+moves on. A failure is classified (`unison.streaming.failures`): broker and store outages are retried with
+backoff and jitter; any other exception holds the poll back and retries it one record at a time, so only the
+record that raises is retried, up to `max_attempts` times, and then dead-lettered. The loop only stops when
+asked. Which partitions a loop consumes is decided by the partition coordinator (`unison.streaming.ownership`),
+never by a group rebalance.
 
 Two polls are in flight at most: while the model scores poll N (in its own thread; ONNX Runtime releases the
 GIL), the loop reads and decodes poll N+1 and then sends, flushes and commits poll N. Commits stay in poll
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +36,7 @@ from unison.config import KafkaConfig
 from unison.features.ticket import Ticket, first_error
 from unison.ops import metrics
 from unison.ops.window import RollingWindow
+from unison.streaming.failures import backoff, classify
 from unison.streaming.lag import LagWatch
 from unison.streaming.ownership import Coordinator, Ownership, ray_coordinator
 
@@ -65,6 +70,14 @@ class ConsumerConfig(BaseModel):
     lag_interval_s: float = Field(default=2.0, gt=0, le=60,
                                   description="How often a replica reads its group's lag (metric, autoscaling, "
                                               "stall detection).")
+    max_attempts: int = Field(default=3, ge=1, le=100,
+                              description="How many times a record whose handling raises (an error that is not "
+                                          "a broker or store outage) is tried on its own before it goes to the "
+                                          "dead-letter topic with `reason=<exception class>: <message>`.")
+    retry_backoff_s: float = Field(default=0.5, gt=0, le=60,
+                                   description="First wait before a retry (a record's, or after an outage); it "
+                                               "doubles per try, with jitter, up to retry_backoff_max_s.")
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, le=300, description="Longest wait between retries.")
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> ConsumerConfig:
@@ -172,6 +185,11 @@ class TopicConsumer:
         self._end_checked = self._exported_at = 0.0
         self._sent: list[Any] = []
         self._pending: tuple[dict[Any, Any], int, Callable[[], None]] | None = None  # (offsets, records, complete)
+        self._uncommitted: list[Any] = []  # records polled and not yet committed, in poll order
+        self._isolating = False  # a poll failed: its records are handled one at a time
+        self._attempts: dict[tuple[int, int], int] = {}  # (partition, offset) -> failed tries on its own
+        # Test hook: while this file exists, the loop holds between "every send acknowledged" and "commit".
+        self._hold_before_commit = os.environ.get("UNISON_TEST_HOLD_BEFORE_COMMIT")
         self.progress_at = time.monotonic()  # the last commit, or the last moment nothing was left to do
 
     def handle(self, records: list[Any]) -> None:
@@ -225,6 +243,7 @@ class TopicConsumer:
         self._consumer = self._producer = None
         self._assigned = set()
         self._pending = None  # not committed: replayed from the group's offsets
+        self._uncommitted, self._isolating = [], False
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -246,7 +265,7 @@ class TopicConsumer:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        backoff = 0.5
+        failures = 0  # consecutive outages, for the backoff
         while not self._stop.is_set():
             self.ownership.loop_alive()
             try:
@@ -256,14 +275,11 @@ class TopicConsumer:
                              self.ownership.member)
                 self.step()
                 self._export_liveness()
-                backoff = 0.5
-            except Exception as exc:  # broker gone, store down: reconnect with backoff (the leases are kept)
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s error (%s); reconnecting in %.1f s", self.name, self.stats.last_error, backoff)
-                self._close()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                failures = 0
+            except Exception as exc:
+                failures = 0 if self._failed(exc) else failures + 1
+                if failures:
+                    self._stop.wait(backoff(failures, self.config.retry_backoff_s, self.config.retry_backoff_max_s))
         try:
             self._complete()  # the poll in hand is committed before the leases are given back
         except Exception:
@@ -271,6 +287,38 @@ class TopicConsumer:
                         exc_info=True)
         self._close()
         log.info("%s stopped", self.name)
+
+    def _failed(self, exc: Exception) -> bool:
+        """Act on a failure by its kind (`unison.streaming.failures`). True when the loop goes on at once (the
+        records in flight are retried one at a time); False when it should back off first."""
+        kind = classify(exc)
+        self.stats.errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        metrics.inc("unison_stream_errors_total", topic=self.topic, kind=kind)
+        if kind == "permanent" and self._uncommitted and not self._isolating and self._consumer is not None:
+            log.warning("%s: a poll of %d records failed (%s); retrying them one at a time", self.name,
+                        len(self._uncommitted), self.stats.last_error)
+            self._pending, self._isolating = None, True
+            return True
+        if kind == "broker" or self._consumer is None:
+            log.warning("%s: broker error (%s); reconnecting", self.name, self.stats.last_error)
+            self._close()  # the leases are kept; the records in flight are replayed from the committed offsets
+        else:
+            log.warning("%s: %s error (%s); retrying the uncommitted records", self.name, kind,
+                        self.stats.last_error)
+            self._rewind()
+        return False
+
+    def _rewind(self) -> None:
+        """Seek back to the first uncommitted record of every partition (the clients are kept)."""
+        from kafka import TopicPartition
+
+        first: dict[int, int] = {}
+        for record in self._uncommitted:
+            first.setdefault(record.partition, record.offset)
+        for partition, offset in first.items():
+            self._consumer.seek(TopicPartition(self.topic, partition), offset)
+        self._pending, self._uncommitted, self._isolating = None, [], False
 
     def _reassign(self, wanted: set[int]) -> set[int]:
         """Take up what the coordinator granted, drop what it moves away (the last poll is committed)."""
@@ -282,12 +330,16 @@ class TopicConsumer:
                 self.progress_at = time.monotonic()
             log.info("%s partitions %s -> %s", self.ownership.member, sorted(self._assigned), sorted(wanted))
             self._assigned = wanted
+            self._attempts = {k: n for k, n in self._attempts.items() if k[0] in wanted}
             self.ownership.holding(wanted)
         return wanted
 
     def step(self) -> int:
         """Re-assign, poll once, begin handling it, then complete the poll before it (flush, commit). Returns
-        the number of records committed."""
+        the number of records committed. After a failed poll, handles its records one at a time instead (the
+        partitions are kept until they are done: a few tries each, bounded by `max_attempts`)."""
+        if self._isolating:
+            return self._isolate_next()
         wanted = self.ownership.wanted()
         if self._pending is not None and wanted != self._assigned:
             self._complete()  # a partition is given up only with its last poll committed
@@ -301,6 +353,7 @@ class TopicConsumer:
         self.stats.polls += 1
         self.stats.last_poll = time.monotonic()
         records = [record for batch in polled.values() for record in batch]
+        self._uncommitted.extend(records)
         if not records:
             if self._pending is not None:
                 return self._complete()
@@ -315,7 +368,6 @@ class TopicConsumer:
 
     def _complete(self) -> int:
         """Complete the poll in flight: its sends, every acknowledgement, then its offsets committed."""
-        from kafka.structs import OffsetAndMetadata
 
         if self._pending is None:
             return 0
@@ -323,17 +375,62 @@ class TopicConsumer:
         self._pending = None
         self._sent = []
         complete()
-        # Bounded: a producer that lost its broker (or its producer id) can otherwise wait forever. On timeout
-        # the loop reconnects and replays the poll.
+        self._acknowledge()
+        self._commit(offsets, count)
+        return count
+
+    def _isolate_next(self) -> int:
+        """Handle the first record of a failed poll on its own and commit it. One that raises (not an outage)
+        is tried again after a backoff, and after `max_attempts` tries goes to the dead-letter topic."""
+        from kafka import TopicPartition
+
+        record = self._uncommitted[0]
+        key = (record.partition, record.offset)
+        self._sent = []
+        try:
+            self.begin([record])()
+            self._acknowledge()
+        except Exception as exc:
+            if classify(exc) != "permanent":
+                raise
+            tries = self._attempts[key] = self._attempts.get(key, 0) + 1
+            if tries < self.config.max_attempts:
+                log.warning("%s: %s raised %s: %s (try %d of %d)", self.name, source(record), type(exc).__name__,
+                            exc, tries, self.config.max_attempts)
+                self._stop.wait(backoff(tries, self.config.retry_backoff_s, self.config.retry_backoff_max_s))
+                return 0
+            log.error("%s: %s dead-lettered after %d tries: %s: %s", self.name, source(record), tries,
+                      type(exc).__name__, exc)
+            self._sent = []
+            self.dead_letter(record, f"{type(exc).__name__}: {exc}", attempts=tries)
+            self._acknowledge()
+        self._commit({TopicPartition(record.topic, record.partition): record.offset + 1}, 1)
+        self._attempts.pop(key, None)
+        if not self._uncommitted:
+            self._isolating = False
+            log.info("%s: the failed poll is through; back to whole polls", self.name)
+        return 1
+
+    def _acknowledge(self) -> None:
+        """Wait for every send of the poll. Bounded: a producer that lost its broker (or its producer id) can
+        otherwise wait forever; a timeout or a failed send raises, and nothing is committed."""
         self._producer.flush(timeout=30)
-        for future in self._sent:  # every output and dead letter acknowledged before the offsets move;
-            future.get(timeout=30)  # a failed send raises here, nothing is committed, the batch is replayed
+        for future in self._sent:
+            future.get(timeout=30)
+        self._sent = []
+
+    def _commit(self, offsets: dict[Any, int], count: int) -> None:
+        """Commit a handled poll's offsets (its records are the first `count` uncommitted ones)."""
+        from kafka.structs import OffsetAndMetadata
+
+        while self._hold_before_commit and os.path.exists(self._hold_before_commit) and not self._stop.is_set():
+            time.sleep(0.05)  # test hook: every send is acknowledged, nothing committed yet
         self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+        del self._uncommitted[:count]
         self.stats.committed.update({tp.partition: offset for tp, offset in offsets.items()})
         self.stats.commits += 1
         self.stats.records += count
         self.progress_at = time.monotonic()
-        return count
 
     def _rewound_past_end(self) -> bool:
         """Seek back partitions whose position is past the end of their log; True if any was.
@@ -425,15 +522,17 @@ class TopicConsumer:
                 good.append((record, payload))
         return good
 
-    def dead_letter(self, record: Any, reason: str) -> None:
-        """The original bytes to the dead-letter topic, with the reason and where they came from."""
+    def dead_letter(self, record: Any, reason: str, attempts: int = 1) -> None:
+        """The original bytes to the dead-letter topic, with the reason, where they came from, and how many times
+        they were tried."""
         self.stats.dead_letters += 1
         kind = reason.split(":", 1)[0][:60]
         self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
         metrics.inc("unison_stream_dead_letters_total", topic=record.topic, reason=kind)
         metrics.inc("unison_stream_records_total", topic=record.topic, outcome="dead_letter")
         self.send(self.dead_letter_topic, record.key, record.value,
-                  [("reason", reason.encode()), ("source", source(record).encode())])
+                  [("reason", reason.encode()), ("source", source(record).encode()),
+                   ("attempts", str(attempts).encode())])
 
 
 def source(record: Any) -> str:
@@ -470,11 +569,11 @@ class TicketStream(TopicConsumer):
             if good else None
 
         def complete() -> None:
+            scored = scoring.result() if scoring is not None else None  # raises before anything is sent
             for record, reason in bad:
                 self.dead_letter(record, reason)
-            if scoring is not None:
-                results, headers = scoring.result()
-                self._send_results(good, results, headers, (time.perf_counter() - started) * 1000)
+            if scored is not None:
+                self._send_results(good, *scored, (time.perf_counter() - started) * 1000)
 
         return complete
 

@@ -4,7 +4,7 @@ the event, the next prediction for that customer changes, and bad events land in
 import json
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -64,3 +64,54 @@ def test_feature_events_reach_both_stores_and_change_the_next_prediction(serve_s
     status = httpx.get(f"{url}/v1/stream/events", timeout=30).json()
     assert status["stats"]["pushed"] >= 1 and status["stats"]["dead_letters"] >= 4
     assert status["newest_event"] is not None
+
+
+def test_bad_feature_events_are_dead_lettered_once_and_the_partitions_move_on(
+        serve_settings: Settings, url: str) -> None:
+    """Events that pass JSON but not the event schema (bad and numeric timestamps, a 2^70 id, a count past int32,
+    an unknown field) among good ones in several ISO formats, on several partitions: every good event reaches the
+    online store, every bad one is dead-lettered exactly once with its reason, and the group's lag reaches 0."""
+    from unison.features.store import Features
+
+    kafka, address = serve_settings.kafka, stack.endpoints(serve_settings).kafka_bootstrap_servers
+    base = random.randint(2 * 10**8, 3 * 10**8)  # customers no other test touches
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    formats = [now.isoformat(), now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y-%m-%d %H:%M:%S"),
+               now.astimezone(timezone(timedelta(hours=-5))).isoformat(), now.isoformat(timespec="microseconds")]
+    good = [{"customer_id": base + i, "open_tickets": 30 + i, "tickets_last_90d": 90, "last_csat": 2.0,
+             "days_since_last_login": 1, "event_timestamp": formats[i % len(formats)]} for i in range(10)]
+    event = good[0]
+    bad = {"time": ({**event, "event_timestamp": "x"}, "event_timestamp"),
+           "number-time": ({**event, "event_timestamp": 1_700_000_000}, "ISO-8601"),
+           "created": ({**event, "created_timestamp": "yesterday"}, "created_timestamp"),
+           "huge-id": ({**event, "customer_id": 2**70}, "customer_id"),
+           "wrap": ({**event, "open_tickets": 5_000_000_000}, "open_tickets"),
+           "unknown": ({**event, "region": "eu"}, "region")}
+    messages = [(str(e["customer_id"]).encode(), json.dumps(e).encode()) for e in good]
+    for i, (name, (payload, _)) in enumerate(bad.items()):
+        messages.insert(2 * i + 1, (f"{base}-bad-{name}".encode(), json.dumps(payload).encode()))
+    produce(kafka, address, iter(messages), topic=kafka.feature_events_topic)
+
+    features = Features(serve_settings)
+    ids = [e["customer_id"] for e in good]
+    deadline = time.monotonic() + 120
+    while (online := features.online(ids))["open_tickets"].tolist() != [e["open_tickets"] for e in good]:
+        assert time.monotonic() < deadline, online.to_dict("records")
+        time.sleep(1)
+
+    deadline = time.monotonic() + 60
+    while True:  # the dead letters, and no copy of them from a replayed poll
+        dead = [r for r in tail(kafka, address, kafka.feature_events_dead_letter_topic, from_beginning=True,
+                                timeout_s=3) if (r["key"] or "").startswith(f"{base}-bad-")]
+        if len(dead) >= len(bad) or time.monotonic() > deadline:
+            break
+    reasons = {r["key"].removeprefix(f"{base}-bad-"): r["headers"]["reason"] for r in dead}
+    assert len(dead) == len(bad) and set(reasons) == set(bad), reasons
+    for name, (_, expected) in bad.items():
+        assert expected in reasons[name], (name, reasons[name])
+
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{url}/v1/stream/events", timeout=30).json())["lag"] is None \
+            or status["lag"]["lag"] > 0:  # every partition's offset moved past the bad events
+        assert time.monotonic() < deadline, status
+        time.sleep(1)

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -127,6 +128,44 @@ def test_killing_a_stream_replica_loses_no_ticket(serve_settings: Settings, url:
     while _stream(url).get("replica_pid") in (None, victim):
         assert time.monotonic() < deadline
         time.sleep(1)
+
+
+def test_a_replica_killed_between_acknowledgement_and_commit_loses_no_ticket(
+        serve_settings: Settings, url: str, run: str, hold_before_commit: Path) -> None:
+    """The at-least-once window: outputs acknowledged, offsets not yet committed. Killed there, the replica's
+    poll is replayed by the next holder: every input offset gets an output, and the replayed ones carry the
+    same result_id (what a sink deduplicates on)."""
+    tickets = _tickets(serve_settings, run, 60)
+    hold_before_commit.touch()
+    try:
+        _send(serve_settings, [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in tickets])
+        held = _collect(serve_settings, serve_settings.kafka.output_topic, run, 1, 120)  # acknowledged, held
+        assert held, "no output while the commit was held"
+        member = held[0]["headers"]["consumer"]
+        deadline = time.monotonic() + 60
+        while (status := _stream(url))["ownership"]["member"] != member:  # the replica holding that poll
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        victim = status["replica_pid"]
+        os.kill(victim, signal.SIGKILL)
+    finally:
+        hold_before_commit.unlink()
+    deadline = time.monotonic() + 240  # the held poll is replayed by the next holder of its partitions
+    while (status := _stream(url)).get("replica_pid") in (None, victim) or status["lag"] is None \
+            or status["lag"]["lag"] > 0:
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    address = stack.endpoints(serve_settings).kafka_bootstrap_servers
+    inputs = [r for r in tail(serve_settings.kafka, address, serve_settings.kafka.input_topic, from_beginning=True,
+                              timeout_s=5) if (r["key"] or "").startswith(run)]
+    assert len(inputs) == len(tickets)
+    want = {f"{r['topic']}/{r['partition']}/{r['offset']}/triage:1" for r in inputs}
+    outputs = [r["value"]["result_id"] for r in tail(
+        serve_settings.kafka, address, serve_settings.kafka.output_topic, from_beginning=True, timeout_s=5)
+        if (r["key"] or "").startswith(run)]
+    assert want - set(outputs) == set()  # every input offset has an output
+    replayed = {rid for rid in outputs if outputs.count(rid) > 1}
+    assert {r["value"]["result_id"] for r in held} & replayed  # the held poll was produced again after the kill
 
 
 def test_the_stream_survives_a_broker_restart(serve_settings: Settings, url: str, run: str) -> None:
