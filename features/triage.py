@@ -28,13 +28,16 @@ profile_source = FileSource(
     timestamp_field="event_timestamp",
     created_timestamp_column="created_timestamp",
 )
+# A dataset directory, not one file: each push adds a part (unison.data.dataset), so readers never see a
+# partial write and concurrent pushers keep all their rows. Feast's file offline store reads the directory.
 activity_source = FileSource(
     name="customer_activity_source",
     path=str(DATA_DIR.resolve() / "customer_activity.parquet"),
     timestamp_field="event_timestamp",
     created_timestamp_column="created_timestamp",
 )
-# Streaming updates of activity (from the `customer-events` topic) land here, online and offline.
+# Streaming updates of activity (from the `customer-events` topic) land here, online and offline, through
+# `unison.features.store.Features.push` (Feast's own push would rewrite the whole source per push).
 activity_push = PushSource(name="customer_activity_push", batch_source=activity_source)
 
 customer_profile = FeatureView(

@@ -786,6 +786,43 @@ def features_freshness() -> None:
     _print_freshness(_features_call(lambda: store.Features(settings).freshness()))
 
 
+@features_app.command("compact")
+def features_compact(
+    full: Annotated[bool, typer.Option("--full", help="Also merge every compacted part under "
+                                       "`features.compact_max_part_mib`, not only the small ones.")] = False,
+) -> None:
+    """Merge the pushed parts of the offline activity dataset into one (pushes also start this past
+    `features.compact_after_parts`); skipped when another process is compacting. For cron or an operator."""
+    from unison.features import store
+
+    settings = _settings()
+    done = _features_call(lambda: store.compact(settings, full=full))
+    if done.skipped:
+        console.print(f"  another process is compacting {store.activity_dataset(settings)}; nothing done "
+                      f"({len(done.parts_before)} parts)")
+        return
+    console.print(f"  parts before: {_part_counts(done.parts_before)}")
+    if done.recovered:
+        console.print(f"  finished an interrupted compaction: retired {len(done.recovered)} merged parts")
+    if done.output:
+        console.print(f"  merged {len(done.merged)} parts ({done.rows_in:,} rows, {done.rows_out:,} distinct) "
+                      f"into {done.output}")
+    else:
+        console.print("  nothing to merge")
+    console.print(f"  parts after:  {_part_counts(done.parts_after)}; deleted {done.deleted} retired or stale files")
+
+
+def _part_counts(names: list[str]) -> str:
+    from unison.data.dataset import BASE_PART, COMPACTED_PREFIX, PUSH_PREFIX
+
+    pushed = sum(n.startswith(PUSH_PREFIX) for n in names)
+    compacted = sum(n.startswith(COMPACTED_PREFIX) for n in names)
+    generated = names.count(BASE_PART)
+    other = len(names) - pushed - compacted - generated
+    return f"{len(names)} ({pushed} pushed, {compacted} compacted, {generated} generated" + (
+        f", {other} other)" if other else ")")
+
+
 def _print_freshness(rows: list) -> None:  # list[ViewFreshness]
     table = Table(title="Feature freshness", title_justify="left")
     for column in ("feature view", "ttl", "materialized until", "newest event"):
@@ -1103,8 +1140,8 @@ def stream_events(
     from unison.streaming.tools import feature_event_messages, produce
 
     settings = _settings()
-    path = settings.data.dir / "customer_activity.parquet"
-    if not path.is_file():
+    path = settings.data.dir / "customer_activity.parquet"  # a dataset directory (or a file, before datasets)
+    if not path.exists():
         _fail(f"{path} does not exist; run `unison data generate`", code=2)
     address = _kafka_address(settings)
     topic = settings.kafka.feature_events_topic

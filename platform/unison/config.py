@@ -228,6 +228,26 @@ class FeaturesConfig(_Strict):
         description="Ray address for the `ray` offline store. Empty: the cluster this process is connected to, "
         "else the embedded stack's.",
     )
+    compact_after_parts: int = Field(
+        default=32,
+        ge=0,
+        description="A push that leaves more unmerged pushed parts than this in the offline activity dataset starts "
+        "a compaction in the background (every read lists and opens each part). 0: never from the push path (run "
+        "`unison features compact` instead).",
+    )
+    compact_grace_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a part merged by a compaction stays on disk under a hidden name before a later "
+        "compaction deletes it (for reads that already opened it on filesystems that do not keep a deleted open "
+        "file readable, and for inspection).",
+    )
+    compact_max_part_mib: int = Field(
+        default=128,
+        ge=1,
+        description="Compacted parts this large (MiB on disk) are never merged again: bounds the memory and work "
+        "of one compaction.",
+    )
 
 
 class ModelConfig(_Strict):

@@ -61,3 +61,22 @@ def test_data_generate_rejects_bad_sizes(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "generate", "--customers", "0", "--out", str(tmp_path / "d")])
     assert result.exit_code == 2
     assert "customers" in result.output
+
+
+def test_features_compact_merges_the_pushed_parts_and_prints_before_and_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unison.data import CUSTOMER_ACTIVITY_SCHEMA
+    from unison.data.dataset import parts, write_dataset, write_part
+
+    path = tmp_path / "customer_activity.parquet"
+    write_dataset(path, CUSTOMER_ACTIVITY_SCHEMA, [CUSTOMER_ACTIVITY_SCHEMA.empty_table()])
+    for _ in range(3):
+        write_part(path, CUSTOMER_ACTIVITY_SCHEMA.empty_table())
+    monkeypatch.setenv("UNISON_DATA__DIR", str(tmp_path))
+    result = runner.invoke(app, ["features", "compact"])
+    assert result.exit_code == 0, result.output
+    assert "parts before: 4 (3 pushed, 0 compacted, 1 generated)" in result.output
+    assert "parts after:  2 (0 pushed, 1 compacted, 1 generated)" in result.output
+    assert len(parts(path)) == 2
+    missing = runner.invoke(app, ["features", "compact"], env={"UNISON_DATA__DIR": str(tmp_path / "none")})
+    assert missing.exit_code == 2 and "not a dataset directory" in missing.output

@@ -11,6 +11,7 @@ Tables (Parquet, snappy), written atomically under the output directory:
 - ``customer_profile``: one row per customer, static attributes (Feast feature view source).
 - ``customer_activity``: 1-6 snapshots per customer inside the time window, values drifting between
   snapshots, so a point-in-time join gives a different answer than "latest value" (Feast feature view source).
+  A dataset directory (``customer_activity.parquet/``, these rows its first part): feature pushes append parts.
 - ``tickets``: the unlabelled table production scores.
 - ``train`` / ``eval``: labelled tickets (``category`` and ``priority``) for fine-tuning and evaluation.
 """
@@ -32,6 +33,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from unison.data.dataset import write_dataset
 
 CATEGORIES: tuple[str, ...] = ("billing", "technical", "account", "shipping", "cancellation", "other")
 PLANS: tuple[str, ...] = ("free", "basic", "pro", "enterprise")
@@ -518,7 +521,7 @@ def generate(
 
     files = {name: out_dir / file_name for name, file_name in FILE_NAMES.items()}
     _write_parquet(files["customer_profile"], CUSTOMER_PROFILE_SCHEMA, iter([profile]))
-    _write_parquet(files["customer_activity"], CUSTOMER_ACTIVITY_SCHEMA, iter([activity]))
+    write_dataset(files["customer_activity"], CUSTOMER_ACTIVITY_SCHEMA, iter([activity]))
     _write_parquet(
         files["tickets"],
         TICKETS_SCHEMA,

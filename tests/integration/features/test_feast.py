@@ -6,15 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from unison.config import Settings, load_settings
 from unison.features import store
@@ -23,29 +20,6 @@ from unison.features.transform import NUMERIC_FEATURES, transform
 
 ROOT = Path(__file__).resolve().parents[3]
 REPO = ROOT / "features"
-REDIS_DB = int(os.environ.get("UNISON_TEST_REDIS_DB", "13"))
-
-
-def _settings(tmp: Path, demo_data: Path, profile: str, project: str = "unison") -> Settings:
-    data = tmp / "data"
-    shutil.copytree(demo_data, data)  # pushes append to the offline Parquet: never touch the shared copy
-    return load_settings(data={"dir": data}, features={
-        "repo_dir": REPO, "state_dir": tmp / "feast", "profile": profile, "project": project,
-        "redis_connection": f"127.0.0.1:6379,db={REDIS_DB}"})
-
-
-@pytest.fixture(scope="module", params=["local", "redis"])
-def applied(request, tmp_path_factory, demo_data) -> Iterator[Settings]:
-    profile = request.param
-    project = "unison" if profile == "local" else f"it_{uuid.uuid4().hex[:10]}"
-    settings = _settings(tmp_path_factory.mktemp(profile), demo_data, profile, project)
-    store.apply(settings)
-    store.materialize(settings)
-    yield settings
-    if profile == "redis":
-        store.teardown(settings)
-        client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-        assert not [k for k in client.scan_iter(count=1000) if project.encode() in k], "keys left behind"
 
 
 def test_point_in_time_join_returns_the_value_valid_at_ticket_time(applied: Settings) -> None:
