@@ -51,7 +51,7 @@ def write_part(directory: Path, table: pa.Table, name: str | None = None) -> Pat
     """Add `table` to the dataset as a new part; return its path. Earlier parts are never opened."""
     name = name or _part_name(PUSH_PREFIX)
     target = directory / name
-    _write_atomically(target, table.schema, [table])
+    write_file(target, table.schema, [table])
     _fsync_dir(directory)
     return target
 
@@ -67,7 +67,7 @@ def write_dataset(path: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> 
         _remove(leftover)
     staged.mkdir(parents=True)
     try:
-        _write_atomically(staged / BASE_PART, schema, tables)
+        write_file(staged / BASE_PART, schema, tables)
         _fsync_dir(staged)
         if path.exists():
             os.replace(path, old)
@@ -276,7 +276,8 @@ def _temporary(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp")
 
 
-def _write_atomically(target: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:
+def write_file(target: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:
+    """One Parquet file written atomically: readers see the old file or the complete, fsynced new one."""
     tmp = _write_temporary(target, schema, tables)
     try:
         os.replace(tmp, target)

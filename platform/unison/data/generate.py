@@ -19,7 +19,6 @@ Tables (Parquet, snappy), written atomically under the output directory:
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -32,9 +31,8 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from unison.data.dataset import write_dataset
+from unison.data.dataset import write_dataset, write_file
 
 CATEGORIES: tuple[str, ...] = ("billing", "technical", "account", "shipping", "cancellation", "other")
 PLANS: tuple[str, ...] = ("free", "basic", "pro", "enterprise")
@@ -520,19 +518,19 @@ def generate(
     )
 
     files = {name: out_dir / file_name for name, file_name in FILE_NAMES.items()}
-    _write_parquet(files["customer_profile"], CUSTOMER_PROFILE_SCHEMA, iter([profile]))
+    write_file(files["customer_profile"], CUSTOMER_PROFILE_SCHEMA, iter([profile]))
     write_dataset(files["customer_activity"], CUSTOMER_ACTIVITY_SCHEMA, iter([activity]))
-    _write_parquet(
+    write_file(
         files["tickets"],
         TICKETS_SCHEMA,
         _ticket_chunks(rng(_STREAM_TICKETS), world, tickets, "T", labelled=False),
     )
-    _write_parquet(
+    write_file(
         files["train"],
         LABELLED_TICKETS_SCHEMA,
         _ticket_chunks(rng(_STREAM_TRAIN), world, train_tickets, "R", labelled=True),
     )
-    _write_parquet(
+    write_file(
         files["eval"],
         LABELLED_TICKETS_SCHEMA,
         _ticket_chunks(rng(_STREAM_EVAL), world, eval_tickets, "E", labelled=True),
@@ -914,20 +912,3 @@ def _ticket_chunks(
             )
             columns += [_vocab(CATEGORIES).take(draws.category[rows]), pa.array(priority, pa.float64())]
         yield pa.Table.from_arrays(columns, schema=schema)
-
-
-def _write_parquet(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
-    """Write atomically: readers see the old file or the complete new one, never a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
-            wrote = False
-            for table in tables:
-                writer.write_table(table)
-                wrote = True
-            if not wrote:
-                writer.write_table(schema.empty_table())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
