@@ -212,7 +212,14 @@ def up(settings: Settings, overrides: dict[str, dict[str, Any]] | None = None,
     deadline = time.monotonic() + settings.serving.deploy_timeout_s
     last = ""
     while True:
-        apps = applications(stack).get("applications", {})
+        try:
+            apps = applications(stack).get("applications", {})
+        except ServeError as exc:  # a dashboard busy starting replicas answers late: ask again until the deadline
+            if time.monotonic() > deadline:
+                raise ServeError(f"not ready after {settings.serving.deploy_timeout_s:g} s: {exc}") from None
+            progress(f"  {exc}; asking again")
+            time.sleep(1.0)
+            continue
         statuses = {name: apps.get(name, {}).get("status", "NOT_STARTED") for name in names}
         failed = {n: apps[n].get("message", "") for n, s in statuses.items() if s == "DEPLOY_FAILED"}
         if failed:

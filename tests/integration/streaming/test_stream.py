@@ -1,6 +1,7 @@
 """The streaming deployment against the real Tansu broker and Ray: every good ticket scored exactly as in process,
 poison messages dead-lettered with reasons, a killed replica loses nothing, a broker restart is survived."""
 
+import contextlib
 import itertools
 import json
 import os
@@ -80,6 +81,16 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
     messages: list[tuple[bytes, bytes | None]] = [(t["ticket_id"].encode(), json.dumps(t).encode()) for t in good]
     for i, message in enumerate(poison):  # mixed in among the good ones
         messages.insert(i * 5 + 2, message)
+    gaps: list[float] = []  # the replica's seconds since its last commit, sampled throughout
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            with contextlib.suppress(httpx.HTTPError, KeyError, TypeError):
+                gaps.append(_stream(url)["ownership"]["seconds_since_progress"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _send(serve_settings, messages)
 
     outputs = _collect(serve_settings, serve_settings.kafka.output_topic, run, len(good), 120)
@@ -95,6 +106,13 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
     assert "body" in reasons[f"{run}-bad-surrogate"] and "unicode" in reasons[f"{run}-bad-surrogate"].lower()
     assert "customer_id" in reasons[f"{run}-bad-huge-id"] and "exceeds" in reasons[f"{run}-bad-oversize"]
     assert len(dead) == len(poison)  # each poison record dead-lettered once, not once per replay
+    deadline = time.monotonic() + 120
+    while (status := _stream(url))["lag"] is None or status["lag"]["lag"] > 0:  # the partitions moved past them
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    done.set()
+    sampler.join()
+    assert gaps and max(gaps) < status["config"]["stall_after_s"], gaps  # commits never stopped for a stall's time
 
     # Outputs carry model version and source, and equal in-process scoring of the same tickets.
     registry = Registry(serve_settings.model.registry_dir)
