@@ -1,7 +1,7 @@
 """Append-only Parquet datasets: a directory of immutable part files, each published by an atomic rename.
 
 A reader (pyarrow, pandas, Dask, Ray Data, Feast's file offline store) lists the directory and sees whole parts
-only: a part is written under a hidden temporary name (`.<name>.tmp`: a leading dot, which pyarrow skips, and no
+only: a part is written under a hidden temporary name (`.<name>.<pid>.tmp`: a leading dot, which pyarrow skips, and no
 `.parquet` suffix, which Dask and Ray Data skip), fsynced, then renamed into place. A writer killed mid-part leaves
 at most such a temporary file; two writers never touch each other's parts, and an append costs the size of the
 append, not of the dataset.
@@ -273,7 +273,8 @@ def _part_name(prefix: str) -> str:
 
 
 def _temporary(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp")
+    """Hidden from readers (leading dot, no `.parquet` suffix) and per process (two writers of one name)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
 def write_file(target: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:

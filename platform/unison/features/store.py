@@ -211,13 +211,20 @@ def activity_dataset(settings: Settings) -> Path:
 def compact(settings: Settings, full: bool = False) -> Compaction:
     """Compact the activity dataset now (`unison.data.dataset.compact` with the `features.compact_*` settings);
     skipped, at once, when another process is compacting it."""
-    dataset = activity_dataset(settings)
-    if not dataset.is_dir():
-        raise FeatureStoreError(f"the activity source {dataset} is not a dataset directory; run "
-                                "`unison features apply` (it converts a single file) or `unison data generate`")
+    return _compact(_dataset_dir(activity_dataset(settings)), settings, full)
+
+
+def _compact(dataset: Path, settings: Settings, full: bool = False) -> Compaction:
     cfg = settings.features
     return compact_dataset(dataset, grace_s=cfg.compact_grace_s, max_part_bytes=cfg.compact_max_part_mib * 2**20,
                            full=full)
+
+
+def _dataset_dir(dataset: Path) -> Path:
+    if not dataset.is_dir():
+        raise FeatureStoreError(f"the activity source {dataset} is not a dataset directory; run "
+                                "`unison features apply` (it converts a single file) or `unison data generate`")
+    return dataset
 
 
 def _reading(dataset: Path, read: Callable[[], _T], attempts: int = 3) -> _T:
@@ -358,10 +365,8 @@ class Features:
             self._compaction.start()
 
     def _compact(self) -> None:
-        cfg = self.settings.features
         try:
-            done = compact_dataset(self._dataset, grace_s=cfg.compact_grace_s,
-                                   max_part_bytes=cfg.compact_max_part_mib * 2**20)
+            done = _compact(self._dataset, self.settings)
         except Exception:  # the next push tries again; readers are unaffected (see `compact`)
             log.warning("compaction of %s failed", self._dataset, exc_info=True)
             return
@@ -379,9 +384,7 @@ class Features:
 
     def _append_offline(self, frame: pd.DataFrame) -> None:
         """The rows as one new part of the activity dataset, typed like its first part (readers need one schema)."""
-        if not self._dataset.is_dir():
-            raise FeatureStoreError(f"the activity source {self._dataset} is not a dataset directory; run "
-                                    "`unison features apply` (it converts a single file) or `unison data generate`")
+        _dataset_dir(self._dataset)
         if self._dataset_schema is None:
             self._dataset_schema = _reading(self._dataset, lambda: next(
                 (pq.read_schema(p) for p in parts(self._dataset)), CUSTOMER_ACTIVITY_SCHEMA))

@@ -4,8 +4,8 @@ Feast leaves stream ingestion to its users; this is ours. Each poll becomes one 
 view's push source (`Features.push`, which validates against the one push schema), so the scorer's next online
 lookup sees the new values. An event that does not fit the schema goes to the dead-letter topic with the reason
 and its original bytes, and the rest of the poll is still pushed. A store failure raises before the commit: the
-batch is pushed again after the reconnect (a push of the same event is idempotent online; offline it adds a
-duplicate row with the same event time, which point-in-time joins read the same way).
+batch is pushed again after a backoff (`unison.streaming.failures`; a replayed push leaves the online stores as
+they were and adds offline duplicates that point-in-time joins read the same way).
 
 An event, one JSON object per message (key: the customer id, optional):
     {"customer_id": 17, "open_tickets": 3, "tickets_last_90d": 9, "last_csat": 2.5,
@@ -72,27 +72,14 @@ class FeatureEventStream(TopicConsumer):
         self.last_push_at: float | None = None  # wall clock of the last successful push
 
     def handle(self, records: list[Any]) -> None:
-        from unison.features.store import PushSchemaError, validate_push
-
         events: list[tuple[Any, dict[str, Any]]] = self.decoded(records, decode_event)
         if not events:
             return
-        try:
-            validate_push(pd.DataFrame.from_records([p for _, p in events]))
-            good = events
-        except PushSchemaError:  # find the offending events; the others are still pushed
-            good = []
-            for record, payload in events:
-                try:
-                    validate_push(pd.DataFrame.from_records([payload]))
-                    good.append((record, payload))
-                except PushSchemaError as exc:
-                    self.dead_letter(record, str(exc).replace(" (row 0)", ""))
-        if not good:
-            return
-        frame = pd.DataFrame.from_records([p for _, p in good])
+        # Each event passed FeatureEvent, the push schema's rules; `push` checks the frame once more. Should it
+        # still raise, the loop retries the poll one event at a time and dead-letters the one that fails.
+        frame = pd.DataFrame.from_records([p for _, p in events])
         started = time.perf_counter()
-        self.push(frame)  # a store failure raises: nothing is committed, the poll is replayed
+        self.push(frame)  # a store failure raises: nothing is committed, the poll is retried
         self.last_push_seconds = time.perf_counter() - started
         self.last_push_at = time.time()
         self.stats.pushed += len(frame)
