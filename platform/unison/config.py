@@ -184,6 +184,14 @@ class KafkaConfig(_Strict):
                 options[key] = str(value)
         return options
 
+    def data_client_options(self) -> dict[str, Any]:
+        """`client_options` for a producer or consumer: they never create a topic. kafka-python's default
+        creates a missing topic on a metadata request, with the broker's default partition count; a loop that
+        reconnects while a broker restarts empty would then win the race with `ensure_topics`, and the topic would
+        keep the wrong partitions for good. Topics are created by the stack (or the operator), a producer to a
+        missing topic fails instead."""
+        return {**self.client_options(), "allow_auto_create_topics": False}
+
 
 class DataConfig(_Strict):
     """Generated demo data (support-ticket triage)."""

@@ -205,7 +205,7 @@ class TopicConsumer:
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
-        options = self.kafka.client_options()
+        options = self.kafka.data_client_options()
         client_id = options.pop("client_id")
         # Not idempotent: delivery is at-least-once with a dedupe key on every output anyway, and an idempotent
         # producer's id does not survive a restart of a broker that lost its state (Tansu on memory storage
@@ -222,7 +222,8 @@ class TopicConsumer:
         )
         self._assigned = set()
         self._partitions = len(self._consumer.partitions_for_topic(self.topic) or ())
-        if not self._partitions:
+        if not self._partitions:  # e.g. a broker restarted empty, its topics not created again yet: reconnect later
+            self._close()
             raise RuntimeError(f"topic {self.topic!r} does not exist on {self.bootstrap_servers}")
 
     def _partition_count(self) -> int:

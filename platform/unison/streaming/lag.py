@@ -42,7 +42,7 @@ class LagReader:
         self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=f"{client_id}-lag",
                                        **options)
         self._reader = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, client_id=f"{client_id}-lag-reader",
-                                     enable_auto_commit=False, **options)
+                                     enable_auto_commit=False, allow_auto_create_topics=False, **options)
 
     def read(self, group: str, topics: list[str] | None = None) -> list[PartitionLag]:
         """Lag of `group` on `topics` (default: the input topic), one row per partition, sorted. A failure

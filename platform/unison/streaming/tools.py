@@ -59,7 +59,7 @@ def produce(kafka: KafkaConfig, bootstrap_servers: str, messages: Iterator[tuple
     """Send `messages` to `topic` (default: the input topic), paced at `rate` per second if given; flush."""
     from kafka import KafkaProducer
 
-    options = kafka.client_options()
+    options = kafka.data_client_options()
     client_id = options.pop("client_id")
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5,
                              client_id=f"{client_id}-produce", **options)
@@ -96,7 +96,7 @@ def tail(kafka: KafkaConfig, bootstrap_servers: str, topic: str, from_beginning:
     """Records of `topic` as they arrive (no consumer group: nothing is committed, nobody's offsets move)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    options = kafka.client_options()
+    options = kafka.data_client_options()
     client_id = options.pop("client_id")
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, client_id=f"{client_id}-tail",
                              enable_auto_commit=False, **options)
