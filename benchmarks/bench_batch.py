@@ -47,7 +47,7 @@ def main() -> int:
     from unison.config import load_settings
     from unison.data import generate
     from unison.features import feature_matrix, store, transform
-    from unison.model import Predictor, Registry
+    from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.optimize import OptimizeOptions, optimize
     from unison.ops import stack
 
@@ -73,7 +73,7 @@ def main() -> int:
     # 1. raw Predictor on pre-joined rows
     sample = pd.read_parquet(tickets_path).head(args.raw_rows)
     joined = store.Features(settings).historical(sample, timestamp_column="created_at")
-    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production", "int8", max_batch_size=1024)
+    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production", PredictorOptions(variant="int8"))
     predictor.predict(["warm up"], np.zeros((1, predictor.num_features), dtype=np.float32))
     start = time.perf_counter()
     for i in range(0, len(joined), 1024):

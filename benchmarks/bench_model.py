@@ -39,7 +39,7 @@ def main() -> int:
     from unison.data import generate
     from unison.features import feature_matrix, transform
     from unison.features.offline import load_labelled
-    from unison.model import Predictor, Registry
+    from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.benchmark import markdown
     from unison.model.export import build_reference, inspect_source
     from unison.model.head import TriageHead
@@ -89,7 +89,8 @@ def main() -> int:
 
     print("\n## End to end on real tickets (tokenization included)\n")
     results: dict[str, list[float]] = {}
-    predictor = Predictor(artifact, "int8", execution="rows", parallel_rows=args.threads)
+    predictor = Predictor.from_options(artifact, PredictorOptions(variant="int8", execution="rows",
+                                                                  parallel_rows=args.threads))
     predictor.predict(texts[:32], features[:32])
 
     def run_predictor() -> None:

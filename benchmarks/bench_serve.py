@@ -95,7 +95,7 @@ def main() -> int:
 
     from unison.config import environment
     from unison.features import store
-    from unison.model import Predictor, Registry
+    from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.optimize import OptimizeOptions, optimize
     from unison.model.scoring import attach_online_features, score_tickets
     from unison.ops import stack
@@ -110,7 +110,8 @@ def main() -> int:
     customer = int(pd.read_parquet(settings.data.dir / "tickets.parquet")["customer_id"].iloc[0])
 
     # Raw Predictor latency for the same tickets, in this process, before anything else runs.
-    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production", settings.model.variant)
+    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production",
+                                        PredictorOptions.from_config(settings.model))
     features = store.Features(settings)
     raw: dict[str, float] = {}
     for label, text in (("short", SHORT), ("long", LONG)):

@@ -37,7 +37,7 @@ def main() -> int:
 
     from unison.config import load_settings
     from unison.features import feature_matrix, transform
-    from unison.model import Predictor, Registry
+    from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.chain import StageChain
     from unison.model.shard import whole_graph
 
@@ -63,8 +63,9 @@ def main() -> int:
                             outputs)}
     for k in sorted(int(k) for k in info.stages):
         chains[k] = StageChain(artifact.path, info.stages[str(k)], outputs)
-    predictors = {k: Predictor(artifact, args.variant, execution="rows", chain=c) for k, c in chains.items()}
-    local = Predictor(artifact, args.variant, execution="rows")
+    options = PredictorOptions(variant=args.variant, execution="rows")
+    predictors = {k: Predictor.from_options(artifact, options, chain=c) for k, c in chains.items()}
+    local = Predictor.from_options(artifact, options)
     engines: dict[str, Predictor] = {"in-process": local, **{f"K={k}": p for k, p in predictors.items()}}
 
     reference = local.predict(texts[:64], features[:64]).outputs

@@ -52,11 +52,11 @@ def main() -> int:
 
     from unison.config import load_settings
     from unison.features import store
-    from unison.model import Predictor, Registry
+    from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.scoring import attach_online_features, score_tickets
     from unison.ops import stack
     from unison.serving import deploy
-    from unison.streaming.consumer import StreamConfig
+    from unison.streaming.tickets import StreamConfig
     from unison.streaming.tools import produce, tail
 
     registry = Registry(load_settings().model.registry_dir)
@@ -68,8 +68,8 @@ def main() -> int:
         ["ticket_id", "customer_id", "subject", "body", "channel"]]
 
     poll = StreamConfig().max_poll_records
-    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production", settings.model.variant,
-                                        max_batch_size=1 << 20)
+    predictor = Predictor.from_registry(registry, f"{settings.model.name}:production",
+                                        PredictorOptions.from_config(settings.model))
     sample = frame.head(2_000)
 
     def raw_rate(features: Any) -> float:

@@ -12,60 +12,68 @@ from pathlib import Path
 import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float32, Float64, Int32, String
+from feast.types import Float32, Float64, Int32, Int64, String
 
+from unison.domain import (
+    CREATED_TIMESTAMP,
+    CUSTOMER_ACTIVITY,
+    CUSTOMER_PROFILE,
+    ENTITY,
+    ENTITY_KEY,
+    EVENT_TIMESTAMP,
+    FeatureViewSpec,
+)
 from unison.features.transform import NUMERIC_FEATURES, TRANSFORM_VERSION
 
 DATA_DIR = Path(os.environ.get("UNISON_DATA__DIR") or Path(__file__).resolve().parent.parent / ".unison" / "data")
 DATA_DIR = DATA_DIR if DATA_DIR.is_absolute() else (Path(__file__).resolve().parent / DATA_DIR)
 
-customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64,
+# The views' names, columns, types and TTLs are unison.domain's (the one definition every path reads).
+FEAST_TYPES = {"string": String, "int32": Int32, "int64": Int64, "float64": Float64}
+
+
+def schema(view: FeatureViewSpec) -> list[Field]:
+    return [Field(name=c.name, dtype=FEAST_TYPES[c.dtype]) for c in view.columns]
+
+
+customer = Entity(name=ENTITY, join_keys=[ENTITY_KEY], value_type=ValueType.INT64,
                   description="A customer who files support tickets.")
 
 profile_source = FileSource(
     name="customer_profile_source",
     path=str(DATA_DIR.resolve() / "customer_profile.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created_timestamp",
+    timestamp_field=EVENT_TIMESTAMP,
+    created_timestamp_column=CREATED_TIMESTAMP,
 )
 # A dataset directory, not one file: each push adds a part (unison.data.dataset), so readers never see a
 # partial write and concurrent pushers keep all their rows. Feast's file offline store reads the directory.
 activity_source = FileSource(
     name="customer_activity_source",
     path=str(DATA_DIR.resolve() / "customer_activity.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created_timestamp",
+    timestamp_field=EVENT_TIMESTAMP,
+    created_timestamp_column=CREATED_TIMESTAMP,
 )
 # Streaming updates of activity (from the `customer-events` topic) land here, online and offline, through
 # `unison.features.store.Features.push` (Feast's own push would rewrite the whole source per push).
 activity_push = PushSource(name="customer_activity_push", batch_source=activity_source)
 
 customer_profile = FeatureView(
-    name="customer_profile",
+    name=CUSTOMER_PROFILE.name,
     entities=[customer],
-    ttl=timedelta(0),  # profiles do not expire
-    schema=[
-        Field(name="plan", dtype=String),
-        Field(name="tenure_days", dtype=Int32),
-        Field(name="lifetime_value", dtype=Float64),
-    ],
+    ttl=CUSTOMER_PROFILE.ttl or timedelta(0),  # no TTL: profiles do not expire (Feast's 0)
+    schema=schema(CUSTOMER_PROFILE),
     source=profile_source,
     online=True,
-    description="Static customer attributes.",
+    description=CUSTOMER_PROFILE.description,
 )
 customer_activity = FeatureView(
-    name="customer_activity",
+    name=CUSTOMER_ACTIVITY.name,
     entities=[customer],
-    ttl=timedelta(days=365),  # older snapshots count as missing
-    schema=[
-        Field(name="open_tickets", dtype=Int32),
-        Field(name="tickets_last_90d", dtype=Int32),
-        Field(name="last_csat", dtype=Float64),
-        Field(name="days_since_last_login", dtype=Int32),
-    ],
+    ttl=CUSTOMER_ACTIVITY.ttl or timedelta(0),  # 365 days: older snapshots count as missing
+    schema=schema(CUSTOMER_ACTIVITY),
     source=activity_push,
     online=True,
-    description="Customer activity snapshots; updated by push from the customer-events stream.",
+    description=CUSTOMER_ACTIVITY.description,
 )
 
 ticket = RequestSource(
@@ -92,8 +100,8 @@ def triage_inputs(inputs: pd.DataFrame) -> pd.DataFrame:
 triage_service = FeatureService(
     name=f"triage_v{TRANSFORM_VERSION}",
     features=[
-        customer_profile[["plan", "tenure_days", "lifetime_value"]],
-        customer_activity[["open_tickets", "tickets_last_90d", "last_csat", "days_since_last_login"]],
+        customer_profile[list(CUSTOMER_PROFILE.column_names)],
+        customer_activity[list(CUSTOMER_ACTIVITY.column_names)],
         triage_inputs,
     ],
     description="Exactly what the triage model reads, for transform version " + TRANSFORM_VERSION + ".",

@@ -9,11 +9,11 @@ configuration (registry, feature store, data) comes from UNISON_* environment va
 
 import argparse
 import json
-import logging
 import sys
 
 from unison.batch import BatchJobConfig, BatchSchemaError, run
 from unison.config import ConfigError, load_settings
+from unison.ops.logs import setup_logging
 
 
 def parse(argv: list[str]) -> BatchJobConfig:
@@ -31,8 +31,8 @@ def parse(argv: list[str]) -> BatchJobConfig:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        setup_logging()
         config = parse(argv)
         settings = load_settings()
         manifest = run(config, settings)

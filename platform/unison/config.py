@@ -285,7 +285,6 @@ class ModelConfig(_Strict):
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="ONNX Runtime intra-op threads. Empty: 1 in `rows` mode, all cores otherwise."
     )
-    max_batch_size: int = Field(default=256, ge=1, description="Largest batch one predict call accepts.")
     bucket_size: int = Field(default=32, ge=1, description="Rows per padded batch in `buckets` execution.")
     max_length: int | None = Field(
         default=None, ge=8, description="Token limit; longer texts are truncated. Empty: the artifact's limit."

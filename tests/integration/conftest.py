@@ -101,7 +101,7 @@ def serving_registry(platform_settings: Settings, tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="session")
 def hold_before_commit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """While this file exists, every consumer loop of the session's Serve application holds between "every send
-    acknowledged" and "commit" (the test hook of unison.streaming.consumer; absent, it costs one stat a commit)."""
+    acknowledged" and "commit" (the test hook of unison.streaming.loop; absent, it costs one stat a commit)."""
     return tmp_path_factory.mktemp("hooks") / "hold-before-commit"
 
 
@@ -127,7 +127,10 @@ def serve_settings(platform_settings: Settings, serving_registry: Registry, hold
     path.write_text(yaml.safe_dump(config))
     settings = platform_settings.model_copy(update={
         "serving": platform_settings.serving.model_copy(update={"config_file": path}),
-        "model": platform_settings.model.model_copy(update={"registry_dir": serving_registry.root}),
+        # Non-default Predictor settings for every serving and streaming test, parity included: a path that built
+        # its Predictor from anything but `settings.model` (the batch job once did) disagrees with the others.
+        "model": platform_settings.model.model_copy(update={"registry_dir": serving_registry.root,
+                                                            "max_length": 48, "intra_op_threads": 1}),
     })
     deploy.up(settings, progress=lambda line: None)
     try:

@@ -12,6 +12,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_three_paths_agree(serve_settings: Settings, url: str, tmp_path: Path) -> None:
+    """With non-default Predictor settings (the session's: `model.max_length` 48, `intra_op_threads` 1), so a path
+    that ignores `settings.model` shows: at 48 tokens many demo tickets are truncated."""
+    import httpx
+    import pandas as pd
+
+    assert (serve_settings.model.max_length, serve_settings.model.intra_op_threads) == (48, 1)
+    tickets = pd.read_parquet(serve_settings.data.dir / "tickets.parquet")
+    longest = tickets.assign(n=tickets["body"].str.len()).nlargest(8, "n")
+    instances = [{"ticket_id": r.ticket_id, "customer_id": int(r.customer_id), "subject": r.subject, "body": r.body}
+                 for r in longest.itertuples()]
+    answer = httpx.post(f"{url}/v1/predict", json={"instances": instances}, timeout=60).json()
+    assert all(p["truncated"] and p["tokens"] == 48 for p in answer["predictions"]), answer
+
     report_path = tmp_path / "parity.json"
     config = ParityConfig(sample=200, seed=3, working_dir=ROOT, report=report_path, timeout_s=600)
     report = run(serve_settings, config, progress=lambda line: None)

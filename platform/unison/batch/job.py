@@ -17,14 +17,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from unison.config import Settings
+from unison.domain import MAX_TEXT_CHARS
 from unison.ops import metrics
+from unison.ops.logs import setup_logging
 
 log = logging.getLogger("unison.batch")
 
@@ -53,9 +54,12 @@ class BatchJobConfig(BaseModel):
     tickets: str = Field(description="Input Parquet: a file or directory, local path or pyarrow filesystem URI "
                                      "(s3://, gs://, hdfs://, file://).")
     output: str = Field(description="Output directory URI. Replaced atomically on a local filesystem.")
-    model: str = Field(default="triage:production", description="Registry reference: name, name:alias or name:version.")
-    variant: Literal["fp32", "int8", "fp16"] = Field(default="int8", description="Artifact variant to score with.")
-    device: Literal["cpu", "cuda"] = Field(default="cpu", description="cuda: CUDA provider (falls back to CPU).")
+    model: str | None = Field(default=None, description="Registry reference: name, name:alias or name:version. "
+                                                        "Empty: `model.name`:`model.alias`, as online and stream.")
+    variant: Literal["fp32", "int8", "fp16"] | None = Field(
+        default=None, description="Artifact variant to score with. Empty: `model.variant`, as online and stream.")
+    device: Literal["cpu", "cuda"] | None = Field(
+        default=None, description="cuda: CUDA provider (falls back to CPU). Empty: `model.device`.")
     batch_size: int = Field(default=1024, ge=1, le=65536, description="Rows per scoring call of an actor.")
     join_batch_size: int = Field(default=20_000, ge=1, description="Rows per point-in-time join task.")
     actors: int | None = Field(default=None, ge=1, description="Scoring actors. Empty: sized from the cluster.")
@@ -106,7 +110,7 @@ def validate_rows(batch: pd.DataFrame) -> pd.DataFrame:
     flag(batch["created_at"].isna(), "missing created_at")
     text = batch["subject"].fillna("").astype(str).str.strip() + batch["body"].fillna("").astype(str).str.strip()
     flag(text == "", "empty text (subject and body)")
-    flag(text.str.len() > 20_000, "text longer than 20000 characters")
+    flag(text.str.len() > MAX_TEXT_CHARS, f"text longer than {MAX_TEXT_CHARS} characters")
     return batch.assign(**{ERROR_FIELD: reasons})
 
 
@@ -127,63 +131,64 @@ def join_features(batch: pd.DataFrame, settings_json: str) -> pd.DataFrame:
 
 
 class Scorer:
-    """A scoring actor: one verified artifact and Predictor for its lifetime; transform + predict per block."""
+    """A scoring actor: one verified artifact and Predictor for its lifetime; each block through the data plane."""
 
     def __init__(self, settings_json: str, config_json: str, context: dict[str, Any]) -> None:
-        from unison.model import Predictor, Registry
+        from unison.model import Registry
+        from unison.model.predictor import Predictor
+        from unison.model.scoring import DataPlane
 
         # Actor processes log at WARNING by default; the rows/s line is part of the job's visible progress.
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        setup_logging()
         settings = Settings.model_validate_json(settings_json)
         config = BatchJobConfig.model_validate_json(config_json)
-        registry = Registry(settings.model.registry_dir)
-        self.predictor = Predictor(
-            registry.load(config.model, [config.variant]), config.variant, device=config.device,
-            parallel_rows=config.parallel_rows or max(1, math.ceil(config.cpus_per_actor)),
-            max_batch_size=max(config.batch_size, 1),
-        )
+        self.predictor = Predictor.from_registry(Registry(settings.model.registry_dir), config.model,
+                                                 predictor_options(settings, config))
+        self.dataplane = DataPlane("batch")  # the rows carry their point-in-time features
         self.context = context
         self.rows = 0
         self.started = time.perf_counter()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from unison.model.scoring import score_tickets
-
         started = time.perf_counter()
-        scored = score_tickets(self.predictor, batch)
+        from unison.model.scoring import Failure
+
+        [outcome] = self.dataplane.score(self.predictor, batch)
+        if isinstance(outcome, Failure):  # the block is retried by Ray Data, then fails the job
+            raise RuntimeError(f"a block of {len(batch)} rows failed: {outcome.message}") from outcome.cause
         model = f"{self.predictor.name}:{self.predictor.version}"
         metrics.observe("unison_batch_block_duration_seconds", time.perf_counter() - started, model=model)
         metrics.inc("unison_batch_rows_total", len(batch), model=model)
-        predictions = scored.predictions
-        labels = predictions.labels
-        probabilities = predictions.probabilities
-        assert probabilities is not None and predictions.priority is not None
         created = pd.to_datetime(batch["created_at"], utc=True)
-        out = pd.DataFrame({
-            "ticket_id": batch["ticket_id"].astype(str).to_numpy(),
-            "customer_id": batch["customer_id"].astype("int64").to_numpy(),
-            "created_at": created.to_numpy(),
-            "category": [labels[i] for i in probabilities.argmax(axis=1)],
-            "priority": predictions.priority.astype(np.float32),
-            "features_missing": scored.features_missing,
-            "input_digest": scored.input_digests(),
-            "truncated": predictions.truncated,
-            "model_name": self.predictor.name,
-            "model_version": self.predictor.version,
-            "variant": self.predictor.variant,
-            "feature_service": self.context["feature_service"],
-            "features_as_of": pd.Timestamp(self.context["features_as_of"]) if self.context["features_as_of"]
+        out = outcome.frame().drop(columns=["tokens"]).assign(
+            created_at=created.to_numpy(),
+            model_name=self.predictor.name,
+            model_version=self.predictor.version,
+            variant=self.predictor.variant,
+            feature_service=self.context["feature_service"],
+            features_as_of=pd.Timestamp(self.context["features_as_of"]) if self.context["features_as_of"]
             else pd.NaT,
-            "run_id": self.context["run_id"],
-            "created_date": created.dt.strftime("%Y-%m-%d").to_numpy(),
-        })
-        for i, label in enumerate(labels):
-            out[f"p_{label}"] = probabilities[:, i]
+            run_id=self.context["run_id"],
+            created_date=created.dt.strftime("%Y-%m-%d").to_numpy(),
+        )
         self.rows += len(out)
         elapsed = time.perf_counter() - self.started
         if self.rows // 10_000 != (self.rows - len(out)) // 10_000 or self.rows <= len(out):
             log.info("scored %d rows (%.0f rows/s in this actor)", self.rows, self.rows / max(elapsed, 1e-9))
         return out
+
+
+def predictor_options(settings: Settings, config: BatchJobConfig) -> Any:
+    """The Predictor options of the scoring actors: the `model` section, as online and stream use it, with only
+    what the job itself decides overridden (variant and device when given, the actor's threads)."""
+    from unison.model.predictor import PredictorOptions
+
+    overrides: dict[str, Any] = {"parallel_rows": config.parallel_rows or max(1, math.ceil(config.cpus_per_actor))}
+    if config.variant is not None:
+        overrides["variant"] = config.variant
+    if config.device is not None:
+        overrides["device"] = config.device
+    return PredictorOptions.from_config(settings.model, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -241,6 +246,10 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
     started = datetime.now(UTC)
     clock = time.perf_counter()
     run_id = config.run_id or f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    # What the job leaves empty is what the online and streaming paths use: the `model` section.
+    config = config.model_copy(update={"model": config.model or f"{settings.model.name}:{settings.model.alias}",
+                                       "variant": config.variant or settings.model.variant,
+                                       "device": config.device or settings.model.device})
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
 

@@ -1,4 +1,5 @@
-"""Submit the batch job to a Ray cluster through Ray's job SDK, exactly as `ray job submit` would."""
+"""Submit the batch job to a Ray cluster through Ray's job SDK, exactly as `ray job submit` would; find the
+last one the cluster ran (`last_batch_job`, for `unison status`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from unison.batch.job import BatchJobConfig
+import requests
+
+from unison.batch.job import SUCCESS_FILE, BatchJobConfig
 from unison.config import Settings, environment
+from unison.ops.stack import endpoints, ray_auth_headers
 
 ENTRYPOINT = "pipelines/batch_predict.py"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -79,3 +84,47 @@ def submit(settings: Settings, config: BatchJobConfig, dashboard_url: str, worki
         while (status := str(client.get_job_status(job_id).value)) not in TERMINAL and time.monotonic() < deadline:
             time.sleep(0.5)
     return SubmittedJob(job_id=job_id, command=command, dashboard_url=dashboard_url, status=status)
+
+
+# ---------------------------------------------------------------------------------------------- the last job
+
+
+def job_output(command: str) -> str | None:
+    """The `--output` of a batch job's entrypoint (as `entrypoint` writes it), or None when it names none."""
+    words = shlex.split(command)
+    if "--output" not in words or words.index("--output") + 1 >= len(words):
+        return None
+    return words[words.index("--output") + 1]
+
+
+def latest_job(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest batch job (its entrypoint runs pipelines/batch_predict.py) among Ray's job records."""
+    script = Path(ENTRYPOINT).stem
+    batch = [j for j in jobs if script in (j.get("entrypoint") or "")]
+    return max(batch, key=lambda j: j.get("start_time") or 0) if batch else None
+
+
+def job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    """A Ray job record as `unison status` shows it: id, status, and rows and rows/s from the job's `_SUCCESS`
+    manifest when its output is a local directory that has one (else None)."""
+    row: dict[str, Any] = {"job_id": job.get("submission_id") or job.get("job_id"), "status": job.get("status"),
+                           "rows_per_second": None, "rows": None}
+    output = job_output(job.get("entrypoint") or "")
+    if output is not None:
+        manifest = Path(output) / SUCCESS_FILE
+        if manifest.is_file():
+            data = json.loads(manifest.read_text())
+            row.update(rows_per_second=data.get("rows_per_second"), rows=data.get("rows_out"))
+    return row
+
+
+def last_batch_job(settings: Settings) -> dict[str, Any] | None:
+    """The newest batch job the configured cluster's job server knows of (`job_summary`); None when there is none
+    or the job server cannot be asked."""
+    try:
+        jobs = requests.get(f"{endpoints(settings).ray_dashboard_url}/api/jobs/", headers=ray_auth_headers(),
+                            timeout=10).json()
+    except Exception:
+        return None
+    job = latest_job(jobs)
+    return None if job is None else job_summary(job)

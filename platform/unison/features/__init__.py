@@ -6,7 +6,6 @@ from unison.features.transform import (
     TRANSFORM_VERSION,
     feature_matrix,
     transform,
-    transform_records,
 )
 
 __all__ = [
@@ -15,5 +14,4 @@ __all__ = [
     "TRANSFORM_VERSION",
     "feature_matrix",
     "transform",
-    "transform_records",
 ]

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from unison.data import CHANNELS
+from unison.domain import CHANNELS
 
 INT64_MAX = 2**63 - 1  # the online and offline stores keep entity keys as int64
 

@@ -7,28 +7,20 @@ them is a new `TRANSFORM_VERSION`, recorded in the model's manifest and checked 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from unison.data import CHANNELS, PLANS
+from unison.domain import CHANNELS, CUSTOMER_FEATURES, PLANS
 
 TRANSFORM_VERSION = "1"
 
-# Ticket fields the transform reads, and the customer features it reads (from Feast in production).
+# Ticket fields the transform reads. The customer features it reads (from Feast in production) are the feature
+# views' columns, `unison.domain.CUSTOMER_FEATURES`.
 TICKET_FIELDS: tuple[str, ...] = ("subject", "body", "channel")
-CUSTOMER_FEATURES: tuple[str, ...] = (
-    "plan",
-    "tenure_days",
-    "lifetime_value",
-    "open_tickets",
-    "tickets_last_90d",
-    "last_csat",
-    "days_since_last_login",
-)
 
 # Values used when a customer feature is missing (unknown customer, stale beyond TTL, never surveyed).
 DEFAULTS: Mapping[str, Any] = {
@@ -114,8 +106,3 @@ def transform(rows: pd.DataFrame) -> pd.DataFrame:
 def feature_matrix(transformed: pd.DataFrame) -> npt.NDArray[np.float32]:
     """The numeric model input [rows, len(NUMERIC_FEATURES)] from `transform`'s output."""
     return np.ascontiguousarray(transformed[list(NUMERIC_FEATURES)].to_numpy(dtype=np.float32))
-
-
-def transform_records(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """`transform` for a list of dicts (one HTTP request or one Kafka poll)."""
-    return transform(pd.DataFrame.from_records(list(records)))

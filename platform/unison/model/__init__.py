@@ -5,7 +5,7 @@ optimize, benchmark), which serving never loads.
 """
 
 from unison.model.manifest import Manifest, VariantInfo
-from unison.model.predictor import Predictions, Predictor, PredictorInputError
+from unison.model.predictor import Predictions, Predictor, PredictorInputError, PredictorOptions
 from unison.model.registry import Artifact, ArtifactError, Registry, RegistryError
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Predictions",
     "Predictor",
     "PredictorInputError",
+    "PredictorOptions",
     "Registry",
     "RegistryError",
     "VariantInfo",

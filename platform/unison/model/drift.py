@@ -190,8 +190,9 @@ class DriftRecorder:
 # ---------------------------------------------------------------------------------------------- monitor side
 
 
-class Window:
-    """Counts summed over the last `window_s` seconds, kept as the batches of counts that arrived."""
+class DriftWindow:
+    """The drift monitor's sliding window for one model and path: the drift counts replicas sent in the last
+    `window_s` seconds, kept as the batches of counts that arrived, summed on `total`."""
 
     def __init__(self) -> None:
         self._parts: deque[tuple[float, int, dict[str, list[int]]]] = deque()

@@ -18,12 +18,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from unison.config import ModelConfig
+from unison.domain import MAX_TEXT_CHARS
 from unison.model.manifest import Manifest
 from unison.model.registry import Artifact, Registry
 from unison.model.runtime import BoundRunner, Device, Session, create_session
@@ -94,34 +96,56 @@ class Predictions:
         return records
 
 
+@dataclass(frozen=True)
+class PredictorOptions:
+    """Everything that decides how a Predictor runs (infinity's `EngineArgs`): built once from the `model` section
+    of the settings, with explicit per-path overrides (`replace`), so batch, online and stream cannot run the same
+    artifact differently by accident. `Predictor.from_options` is the only way to build a Predictor."""
+
+    variant: str = "int8"
+    device: Device = "cpu"
+    execution: Execution = "auto"
+    parallel_rows: int = 2
+    intra_op_threads: int | None = None
+    bucket_size: int = 32
+    max_length: int | None = None
+    max_text_chars: int = MAX_TEXT_CHARS
+    io_binding: bool = True
+    stages: int = 1
+    stage_resources: tuple[tuple[str, float], ...] = (("CPU", 0.1),)
+    stage_placement: str = "PACK"
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, **overrides: Any) -> PredictorOptions:
+        """The options `settings.model` describes; `overrides` (a path's own choices, e.g. the batch job's actor
+        threads) replace single fields and are named at the call site."""
+        options = PredictorOptions(
+            variant=model.variant, device=model.device, execution=model.execution,
+            parallel_rows=model.parallel_rows, intra_op_threads=model.intra_op_threads,
+            bucket_size=model.bucket_size, max_length=model.max_length, stages=model.stages,
+            stage_resources=tuple(sorted(model.stage_resources.items())), stage_placement=model.stage_placement)
+        return replace(options, **overrides)
+
+    def replace(self, **overrides: Any) -> PredictorOptions:
+        return replace(self, **overrides)
+
+
 class Predictor:
     """Scores texts (and, for the triage model, the customer's numeric features) with one artifact variant."""
 
-    def __init__(
-        self,
-        artifact: Artifact,
-        variant: str = "int8",
-        device: Device = "cpu",
-        execution: Execution = "auto",
-        parallel_rows: int = 2,
-        intra_op_threads: int | None = None,
-        max_batch_size: int = 256,
-        bucket_size: int = 32,
-        max_length: int | None = None,
-        max_text_chars: int = 20_000,
-        io_binding: bool = True,
-        chain: Any = None,
-    ) -> None:
+    def __init__(self, artifact: Artifact, options: PredictorOptions, chain: Any = None) -> None:
+        """Use `Predictor.from_options` (it builds the stage chain of a sharded model too)."""
         manifest = artifact.manifest
+        variant = options.variant
         if variant not in manifest.variants:
             raise ValueError(f"{artifact.ref} has no variant {variant!r} (has {', '.join(manifest.variants)})")
         self.artifact = artifact
+        self.options = options
         self.manifest: Manifest = manifest
         self.variant = variant
-        self.max_batch_size = max_batch_size
-        self.bucket_size = bucket_size
-        self.max_text_chars = max_text_chars
-        self.max_length = min(max_length or manifest.max_length, manifest.max_length)
+        self.bucket_size = options.bucket_size
+        self.max_text_chars = options.max_text_chars
+        self.max_length = min(options.max_length or manifest.max_length, manifest.max_length)
         self.tokenizer = load_tokenizer(artifact.path / "tokenizer", self.max_length)
         self.pad_id = pad_token_id(artifact.path / "tokenizer", self.tokenizer)
         self.input_names = manifest.input_names()
@@ -130,8 +154,9 @@ class Predictor:
         }
         self.num_features = len(manifest.numeric_features)
 
+        execution, device = options.execution, options.device
         rows_mode = execution == "rows" or (execution == "auto" and device == "cpu")
-        threads = intra_op_threads or (1 if rows_mode else None)
+        threads = options.intra_op_threads or (1 if rows_mode else None)
         # A sharded model (`chain`: unison.model.chain.StageChain) runs in its stage actors; no whole graph here.
         self.chain = chain
         self.session: Session | None = None
@@ -141,18 +166,41 @@ class Predictor:
                 rows_mode = self.session.device == "cpu"
         self.device: Device = self.session.device if self.session is not None else chain.device
         self.execution = "rows" if rows_mode else "buckets"
-        self.parallel_rows = parallel_rows
-        self._pool = ThreadPoolExecutor(parallel_rows, thread_name_prefix="predictor") \
+        self.parallel_rows = options.parallel_rows
+        self._pool = ThreadPoolExecutor(options.parallel_rows, thread_name_prefix="predictor") \
             if rows_mode and chain is None else None
         self._runner = BoundRunner(self.session, self.output_widths) \
-            if io_binding and not rows_mode and self.session is not None else None
+            if options.io_binding and not rows_mode and self.session is not None else None
         self._lock = threading.Lock()  # the bound runner reuses output buffers
         log.info("Predictor %s variant %s: %s execution on %s", artifact.ref, variant, self.execution,
                  self.session.providers[0] if self.session is not None else f"{len(chain.specs)} stages")
 
     @classmethod
-    def from_registry(cls, registry: Registry, ref: str, variant: str = "int8", **options: Any) -> Predictor:
-        return cls(registry.load(ref, [variant]), variant, **options)
+    def from_options(cls, artifact: Artifact, options: PredictorOptions, sharded: bool = False,
+                     chain: Any = None) -> Predictor:
+        """The one way to build a Predictor. `sharded`: run the artifact's `options.stages`-stage split in stage
+        actors when `options.stages` > 1 (the serving paths' default model); otherwise the whole graph here.
+        `chain`: stages built by the caller (a benchmark's or test's own split) instead."""
+        if chain is None and sharded and options.stages > 1:
+            from unison.model.chain import StageChain
+
+            info = artifact.manifest.variants[options.variant]
+            specs = info.stages.get(str(options.stages))
+            if specs is None:
+                have = ", ".join(sorted(info.stages)) or "none"
+                raise ValueError(f"{artifact.ref} {options.variant} has no {options.stages}-stage split (has: "
+                                 f"{have}); `unison optimize --stages {options.stages}` stores one")
+            chain = StageChain(artifact.path, specs, artifact.manifest.output_names(), device=options.device,
+                               resources=dict(options.stage_resources), strategy=options.stage_placement,
+                               parallel=options.parallel_rows)
+        return cls(artifact, options, chain=chain)
+
+    @classmethod
+    def from_registry(cls, registry: Registry, ref: str, options: PredictorOptions | None = None,
+                      sharded: bool = False) -> Predictor:
+        """Load (and verify) `ref`'s variant from the registry, then `from_options`."""
+        options = options or PredictorOptions()
+        return cls.from_options(registry.load(ref, [options.variant]), options, sharded=sharded)
 
     @property
     def name(self) -> str:
@@ -175,9 +223,6 @@ class Predictor:
             raise PredictorInputError("texts must be a list of strings")
         if len(texts) == 0:
             raise PredictorInputError("empty batch: nothing to score")
-        if len(texts) > self.max_batch_size:
-            raise PredictorInputError(f"batch of {len(texts)} rows exceeds the configured maximum of "
-                                      f"{self.max_batch_size}; split it")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise PredictorInputError(f"row {i}: text must be a string, got {type(text).__name__}")
@@ -284,26 +329,3 @@ class Predictor:
         for name, value in result.outputs.items():
             if not np.isfinite(value).all():
                 raise RuntimeError(f"model output {name} is not finite")
-
-
-def predictor_for(artifact: Artifact, variant: str, options: Any, sharded: bool = False) -> Predictor:
-    """The Predictor as configured (`options`: the `model` section of Unison's settings). `sharded`: run the
-    artifact's `options.stages`-stage split in stage actors when `options.stages` > 1 (the serving paths'
-    default model)."""
-    chain = None
-    if sharded and options.stages > 1:
-        from unison.model.chain import StageChain
-
-        info = artifact.manifest.variants[variant]
-        specs = info.stages.get(str(options.stages))
-        if specs is None:
-            have = ", ".join(sorted(info.stages)) or "none"
-            raise ValueError(f"{artifact.ref} {variant} has no {options.stages}-stage split (has: {have}); "
-                             f"`unison optimize --stages {options.stages}` stores one")
-        chain = StageChain(artifact.path, specs, artifact.manifest.output_names(), device=options.device,
-                           resources=options.stage_resources, strategy=options.stage_placement,
-                           parallel=options.parallel_rows)
-    return Predictor(artifact, variant, device=options.device, execution=options.execution,
-                     parallel_rows=options.parallel_rows, intra_op_threads=options.intra_op_threads,
-                     bucket_size=options.bucket_size, max_length=options.max_length, max_batch_size=1 << 20,
-                     chain=chain)

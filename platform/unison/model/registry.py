@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from unison.domain import DEFAULT_ALIAS, LATEST, ModelRef, alias_problem, is_model_name, is_version
 from unison.model.manifest import MANIFEST_FILE, Manifest
 
 ALIASES_FILE = "aliases.json"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class ArtifactError(RuntimeError):
@@ -82,6 +81,39 @@ class Artifact:
                 )
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The version a reference selects, and the alias it went through (`latest` included; None: an exact version)."""
+
+    version: str
+    alias: str | None
+
+
+def select(ref: ModelRef, versions: list[str], aliases: dict[str, str], default_alias: str = DEFAULT_ALIAS,
+           ) -> Selection:
+    """The alias rules, the one place they are written (the registry and the serving router both call this):
+    a version number selects that version; `latest` the newest; an alias its version; no tag `default_alias` when
+    the model has it, else the newest. RegistryError, listing what exists, when nothing matches."""
+    name = ref.name
+    if not versions:
+        raise RegistryError(f"model {name!r} has no registered versions")
+    if ref.version is not None:
+        if ref.version not in versions:
+            raise RegistryError(f"model {name!r} has no version {ref.version!r}; {_existing(versions, aliases)}")
+        return Selection(ref.version, None)
+    alias = ref.alias or (default_alias if default_alias in aliases else LATEST)
+    if alias == LATEST:
+        return Selection(versions[-1], alias)
+    if alias not in aliases:
+        raise RegistryError(f"model {name!r} has no alias {alias!r}; {_existing(versions, aliases)}")
+    return Selection(aliases[alias], alias)
+
+
+def _existing(versions: list[str], aliases: dict[str, str]) -> str:
+    return (f"versions: {', '.join(versions)}; "
+            f"aliases: {', '.join(f'{k}->{v}' for k, v in sorted(aliases.items())) or 'none'}")
+
+
 class Registry:
     """A directory of versioned artifacts. Versions are 1, 2, 3, ... per model name."""
 
@@ -93,42 +125,31 @@ class Registry:
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_model_name(p.name))
 
     def versions(self, name: str) -> list[str]:
         directory = self.root / name
         if not directory.is_dir():
             return []
-        found = [p.name for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+        found = [p.name for p in directory.iterdir() if p.is_dir() and is_version(p.name)]
         return sorted(found, key=int)
 
     def aliases(self, name: str) -> dict[str, str]:
         path = self.root / name / ALIASES_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def resolve(self, ref: str) -> tuple[str, str]:
-        """`name`, `name:alias`, `name:version` or `name:latest` -> (name, version). Plain `name` means production,
-        else the latest version."""
-        name, _, tag = ref.partition(":")
+    def resolve(self, ref: str | ModelRef) -> tuple[str, str]:
+        """`name`, `name:alias`, `name:version` or `name:latest` (`unison.domain.ModelRef`) -> (name, version).
+        Plain `name` means production, else the latest version (`select`)."""
+        try:
+            parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+        name = parsed.name
         if name not in self.models():
             known = ", ".join(self.models()) or "none"
             raise RegistryError(f"unknown model {name!r} in registry {self.root} (models: {known})")
-        versions = self.versions(name)
-        if not versions:
-            raise RegistryError(f"model {name!r} has no registered versions")
-        aliases = self.aliases(name)
-        if not tag:
-            tag = "production" if "production" in aliases else "latest"
-        if tag == "latest":
-            return name, versions[-1]
-        if tag in aliases:
-            return name, aliases[tag]
-        if tag in versions:
-            return name, tag
-        raise RegistryError(
-            f"model {name!r} has no version or alias {tag!r} (versions: {', '.join(versions)}; "
-            f"aliases: {', '.join(f'{k}->{v}' for k, v in sorted(aliases.items())) or 'none'})"
-        )
+        return name, select(parsed, self.versions(name), self.aliases(name)).version
 
     def manifest(self, ref: str) -> Manifest:
         name, version = self.resolve(ref)
@@ -177,7 +198,7 @@ class Registry:
 
     def staging_dir(self, name: str) -> Path:
         """A fresh directory on the registry's filesystem to build an artifact in (renamed in on register)."""
-        if not _NAME.match(name):
+        if not is_model_name(name):
             raise RegistryError(f"invalid model name {name!r}: use lowercase letters, digits, '-' and '_'")
         path = self.root / name / f".staging-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
@@ -229,8 +250,9 @@ class Registry:
 
     def promote(self, name: str, version: str, alias: str = "production") -> dict[str, str]:
         """Point `alias` at `version` (atomically); return all aliases of `name`."""
-        if alias == "latest" or alias.isdigit():
-            raise RegistryError(f"{alias!r} cannot be an alias: it reads as a version selector")
+        problem = alias_problem(alias)
+        if problem is not None:
+            raise RegistryError(problem)
         resolved_name, resolved = self.resolve(f"{name}:{version}")
         self.load(f"{resolved_name}:{resolved}")  # never promote a broken artifact
         with self._locked(name):

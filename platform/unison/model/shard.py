@@ -203,11 +203,6 @@ def caller_inputs(specs: Sequence[StageSpec], feeds: Tensors) -> list[Tensors]:
     return [{name: feeds[name] for name in spec.from_caller} for spec in specs]
 
 
-def forward_bytes(forwarded: Sequence[Tensors]) -> int:
-    """Bytes that moved between stages for one feed (what each stage forwarded)."""
-    return sum(int(v.nbytes) for tensors in forwarded for v in tensors.values())
-
-
 class LocalStages:
     """The stage chain in this process (tests, the benchmark's reference): same `run_stage` as the actors."""
 

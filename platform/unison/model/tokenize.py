@@ -57,10 +57,3 @@ def length_buckets(lengths: Sequence[int], bucket_size: int) -> list[IntArray]:
     `bucket_size` rows. Padding waste is then bounded by the length spread inside each bucket."""
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i : i + bucket_size] for i in range(0, len(order), bucket_size)]
-
-
-def padding_waste(lengths: Sequence[int], buckets: Sequence[IntArray]) -> float:
-    """Fraction of computed positions that are padding."""
-    lengths_arr = np.asarray(lengths)
-    computed = sum(int(lengths_arr[b].max()) * len(b) for b in buckets)
-    return 1.0 - float(lengths_arr.sum()) / computed if computed else 0.0

@@ -1,5 +1,8 @@
 """KubeRay manifests rendered from deploy/serve.yaml, so a cluster runs the Serve config a laptop runs.
 
+Longer than 500 lines: the RayService, RayJob, ConfigMap, claims and PodMonitors refer to each other (image,
+registry mount, addresses, ports), so they are rendered in one module where those references are made once.
+
 `unison deploy kuberay` writes deploy/kuberay/: a ConfigMap of addresses (Kafka, Redis, the Feast registry),
 PersistentVolumeClaims for the model registry and data, a RayService whose `serveConfigV2` is deploy/serve.yaml
 with the few changes a cluster needs (`serve_config_v2` lists them), a RayJob for the batch pipeline, and

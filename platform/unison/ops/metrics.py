@@ -4,6 +4,9 @@ Recorded with `ray.util.metrics` so they work on any Ray cluster: Ray's metrics 
 on its metrics port as `ray_<name>` (docs/OPS.md lists them as scraped). Each process creates its metrics
 lazily on first use, so importing this module costs nothing and code outside Ray (unit tests, the CLI) never
 touches them. Base units: seconds and bytes; counters end in `_total`.
+
+This is the only module that constructs a Ray or Prometheus metric (tests/unit/test_architecture.py checks it):
+a new metric is a line in DEFINITIONS, recorded with `inc`, `observe` or `set_gauge`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2
 EVENT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 FILL_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+HTTP_LATENCY_BUCKETS: list[float] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
 
 # name -> (kind, description, label names, buckets)
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "unison_http_requests_total": ("counter", "HTTP requests answered, by route, model version and status.",
+                                   ("route", "model", "version", "status"), None),
+    "unison_http_request_duration_seconds": ("histogram", "End-to-end latency in the ingress.",
+                                             ("route", "model", "version"), HTTP_LATENCY_BUCKETS),
     "unison_model_batch_duration_seconds": (
         "histogram", "Model-only time of one scored batch: online features, transform, Predictor.",
         ("path", "model"), LATENCY_BUCKETS),
@@ -60,6 +68,9 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                  "stall_after_s while its partitions lag.", ("group", "topic", "member"), None),
     "unison_feature_freshness_seconds": ("gauge", "Age of the newest feature data the online store holds, per view.",
                                          ("view",), None),
+    "unison_feature_drift_psi": ("gauge", "Population stability index of a model input over the drift window, live "
+                                          "against the training reference.", ("model", "path", "input"), None),
+    "unison_feature_drift_window_rows": ("gauge", "Rows in the drift window.", ("model", "path"), None),
     "unison_parity_ok": ("gauge", "1 when the last parity check found no mismatch, 0 otherwise.", (), None),
     "unison_parity_mismatches": ("gauge", "Mismatched tickets per path pair in the last parity check.", ("pair",),
                                  None),
@@ -68,6 +79,10 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "unison_batch_block_duration_seconds": ("histogram", "Model time per block in a batch job.", ("model",),
                                             LATENCY_BUCKETS),
 }
+
+# Recorded with `ray.serve.metrics` instead (the ingress's, inside a Serve replica): Serve adds the `application`,
+# `deployment` and `replica` labels of the replica that records them.
+SERVE_METRICS = frozenset({"unison_http_requests_total", "unison_http_request_duration_seconds"})
 
 # Ray's metrics agent forgets a gauge series that its process has not recorded for two export intervals (about
 # 20 s by default), so a value set once (a parity result, a cache size, an idle queue depth) would vanish from
@@ -102,15 +117,18 @@ def metric(name: str) -> Any:
         return _Unrecorded()
     with _lock:
         if name not in _made:
-            from ray.util.metrics import Counter, Gauge, Histogram
-
+            kinds: Any
+            if name in SERVE_METRICS:  # imported only there: a batch actor has no use for ray.serve
+                from ray.serve import metrics as kinds
+            else:
+                from ray.util import metrics as kinds
             kind, description, labels, buckets = DEFINITIONS[name]
             if kind == "histogram":
-                _made[name] = Histogram(name, description, boundaries=buckets, tag_keys=labels)
+                _made[name] = kinds.Histogram(name, description, boundaries=buckets, tag_keys=labels)
             elif kind == "counter":
-                _made[name] = Counter(name, description, tag_keys=labels)
+                _made[name] = kinds.Counter(name, description, tag_keys=labels)
             else:
-                _made[name] = Gauge(name, description, tag_keys=labels)
+                _made[name] = kinds.Gauge(name, description, tag_keys=labels)
         return _made[name]
 
 
@@ -135,6 +153,13 @@ def set_gauge(name: str, value: float, **tags: str) -> None:
         if _refresher is None:
             _refresher = threading.Thread(target=_refresh_held, name="unison-gauge-refresh", daemon=True)
             _refresher.start()
+
+
+def clear_gauge(name: str, **tags: str) -> None:
+    """Stop holding a gauge series (a figure that no longer exists, such as the PSI of a window that emptied):
+    it is no longer re-recorded, so Ray's agent drops it within two export intervals."""
+    with _lock:
+        _held.pop((name, tuple(sorted(tags.items()))), None)
 
 
 def _refresh_held() -> None:

@@ -1,5 +1,8 @@
 """The embedded local stack: a Ray head and a Tansu Kafka broker on free loopback ports.
 
+Longer than 500 lines: start, probe, restart and stop of the managed processes share one state file, one lock
+and one pid bookkeeping; split, each half would need the other's private rules to stay safe.
+
 State (ports, pids, addresses) lives in `<state_dir>/stack.json`, so `status` and `down` work from any process.
 Each managed process is identified by pid *and* start time, so a recycled pid is never mistaken for ours and
 `down` stops only what `up` started. External components (configured addresses) are probed, never started.

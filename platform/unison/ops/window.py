@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 
-class RollingWindow:
-    """Events of the last `window_s` seconds: when, how long, how many items, whether it failed."""
+class ThroughputWindow:
+    """Throughput, latency and errors of the last `window_s` seconds of a serving process's events (requests,
+    records): when each happened, how long it took, how many items, whether it failed."""
 
     def __init__(self, window_s: float = 60.0, max_events: int = 100_000) -> None:
         self.window_s = window_s

@@ -16,7 +16,7 @@ from ray.serve import Application
 
 from unison.serving.drift import DriftMonitor
 from unison.serving.ingress import Ingress
-from unison.serving.model import ModelServer
+from unison.serving.model_server import ModelServer
 from unison.serving.schema import ApiLimits
 from unison.streaming.deployment import FeatureEventConsumer, StreamConsumer
 

@@ -16,9 +16,12 @@ import time
 from typing import Any
 
 from unison.config import Settings, load_settings
-from unison.model.drift import DriftConfig, Window, assess
+from unison.model.drift import DriftConfig, DriftWindow, assess
+from unison.ops import metrics
+from unison.ops.logs import setup_logging
 
 log = logging.getLogger("unison.drift")
+Series = tuple[str, tuple[tuple[str, str], ...]]  # one gauge series: metric name, sorted tags
 
 
 class DriftMonitor:
@@ -27,11 +30,11 @@ class DriftMonitor:
     def __init__(self) -> None:
         from unison.model import Registry
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging()
         self.settings: Settings = load_settings()
         self.registry = Registry(self.settings.model.registry_dir)
         self.config = DriftConfig()
-        self.windows: dict[tuple[str, str], Window] = {}
+        self.windows: dict[tuple[str, str], DriftWindow] = {}
         self.references: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, Any] = {"computed_at": None, "models": []}
         self.parity: dict[str, Any] | None = None
@@ -39,8 +42,7 @@ class DriftMonitor:
         self._load_parity()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._psi_gauge: Any = None
-        self._rows_gauge: Any = None
+        self._exported: set[Series] = set()  # the gauge series the last check set
         self._thread = threading.Thread(target=self._run, name="unison-drift-monitor", daemon=True)
         self._thread.start()
 
@@ -51,7 +53,7 @@ class DriftMonitor:
     def observe(self, model: str, path: str, rows: int, counts: dict[str, list[int]]) -> None:
         """Counts of `rows` rows that `path` scored with `model` ("name:version") since its last call."""
         with self._lock:
-            self.windows.setdefault((model, path), Window()).add(time.time(), rows, counts)
+            self.windows.setdefault((model, path), DriftWindow()).add(time.time(), rows, counts)
 
     def report(self) -> dict[str, Any]:
         """The last scheduled computation: per model and path, rows in the window, status and PSI per input;
@@ -64,8 +66,6 @@ class DriftMonitor:
     def record_parity(self, report: dict[str, Any], received_at: float | None = None) -> dict[str, Any]:
         """Keep the last `unison parity` result, export it (`unison_parity_*`) and keep a copy in the state
         directory, so a redeployed monitor still knows it."""
-        from unison.ops import metrics
-
         pairs = {pair: int(sum(values.get("mismatches", {}).values())) for pair, values in report["pairs"].items()}
         now = received_at or time.time()
         self.parity = {"ok": bool(report["ok"]), "tickets": int(report["tickets"]), "pairs": pairs,
@@ -98,13 +98,17 @@ class DriftMonitor:
         with self._lock:
             totals = {key: window.total(now, self.config.window_s) for key, window in self.windows.items()}
         models = []
+        exported: set[Series] = set()
         for (model, path), (rows, counts) in sorted(totals.items()):
             reference = self._reference(model)
             if reference is None:
                 continue
             result = assess(reference, rows, counts, self.config)
             models.append({"model": model, "path": path, **result})
-            self._export(model, path, result)
+            exported |= self._export(model, path, result)
+        for name, tags in self._exported - exported:  # a figure that is gone (too few rows now): no longer held
+            metrics.clear_gauge(name, **dict(tags))
+        self._exported = exported
         self.latest = {"computed_at": now, "models": models}
         return self.report()
 
@@ -117,18 +121,14 @@ class DriftMonitor:
                 return None
         return self.references[model]
 
-    def _export(self, model: str, path: str, result: dict[str, Any]) -> None:
-        from ray.util.metrics import Gauge
-
-        if self._psi_gauge is None:
-            self._psi_gauge = Gauge("unison_feature_drift_psi", description="Population stability index of a "
-                                    "model input over the drift window, live against the training reference.",
-                                    tag_keys=("model", "path", "input"))
-            self._rows_gauge = Gauge("unison_feature_drift_window_rows", description="Rows in the drift window.",
-                                     tag_keys=("model", "path"))
-        self._rows_gauge.set(result["rows"], tags={"model": model, "path": path})
-        for name, value in result["psi"].items():
-            self._psi_gauge.set(value, tags={"model": model, "path": path, "input": name})
+    def _export(self, model: str, path: str, result: dict[str, Any]) -> set[Series]:
+        """Set one window's gauges (held between checks: `metrics.set_gauge`); the series it set."""
+        gauges = [("unison_feature_drift_window_rows", result["rows"], {"model": model, "path": path})]
+        gauges += [("unison_feature_drift_psi", value, {"model": model, "path": path, "input": name})
+                   for name, value in result["psi"].items()]
+        for name, value, tags in gauges:
+            metrics.set_gauge(name, value, **tags)
+        return {(name, tuple(sorted(tags.items()))) for name, _, tags in gauges}
 
     def _run(self) -> None:
         while True:

@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from unison.model.registry import Registry
+from unison.domain import DEFAULT_ALIAS, ModelRef
+from unison.model.registry import Registry, RegistryError, select
 
 ALIAS_TTL_S = 2.0
 
@@ -62,7 +63,7 @@ class Route:
 class Router:
     """Resolves (model, version-or-alias) to a concrete version, applying canary splits."""
 
-    def __init__(self, registry: Registry, default_model: str, default_alias: str = "production",
+    def __init__(self, registry: Registry, default_model: str, default_alias: str = DEFAULT_ALIAS,
                  rng: random.Random | None = None, warm_first: bool = False) -> None:
         self.registry = registry
         self.default_model = default_model
@@ -110,26 +111,23 @@ class Router:
 
     def resolve(self, name: str | None = None, tag: str | None = None) -> Route:
         """The version that serves a request for `name` (default: the configured model) and `tag` (a version,
-        an alias, `latest`, or nothing for the default alias)."""
-        name = name or self.default_model
+        an alias, `latest`, or nothing for the default alias). The registry's rules pick it (`select`, on the
+        cached entry); this layer adds the canary split and, with `warm_first`, holds a moved alias back."""
+        try:
+            ref = ModelRef(name or self.default_model, tag or None)
+        except ValueError as exc:
+            raise UnknownModel(str(exc)) from None
+        name = ref.name
         entry = self._entry(name)
         versions, aliases = entry["versions"], entry["aliases"]
-        if not versions:
-            raise UnknownModel(f"model {name!r} has no registered versions")
-        if tag and tag.isdigit():
-            if tag not in versions:
-                raise UnknownModel(f"model {name!r} has no version {tag!r}; versions: {', '.join(versions)}; "
-                                   f"aliases: {_aliases(aliases)}")
-            return Route(name, tag)
-        alias = tag or (self.default_alias if self.default_alias in aliases else "latest")
-        if alias == "latest":
-            version = versions[-1]
-        elif alias in aliases:
-            version = aliases[alias]
-        else:
-            raise UnknownModel(f"model {name!r} has no alias {alias!r}; versions: {', '.join(versions)}; "
-                               f"aliases: {_aliases(aliases)}")
-        version = self._follow(name, alias, version, versions)
+        try:
+            chosen = select(ref, versions, aliases, self.default_alias)
+        except RegistryError as exc:
+            raise UnknownModel(str(exc)) from None
+        if chosen.alias is None:  # an exact version: never held back, never split
+            return Route(name, chosen.version)
+        alias = chosen.alias
+        version = self._follow(name, alias, chosen.version, versions)
         canary = self.config.canaries.get(name)
         if canary is not None and canary.alias == alias and canary.version != version and \
                 self._ready(f"{name}:{canary.version}") and self._rng.random() < canary.weight:
@@ -187,8 +185,3 @@ class Router:
         """Versions waiting to take traffic: "loading" or "failed: <why>"."""
         with self._lock:
             return dict(self._wanted)
-
-
-def _aliases(aliases: dict[str, str]) -> str:
-    return ", ".join(f"{k}->{v}" for k, v in sorted(aliases.items())) or "none"
-

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from unison.domain import MAX_TEXT_CHARS
 from unison.features.ticket import Ticket, first_error
+from unison.model.scoring import Prediction
 from unison.serving.body import DEFAULT_MAX_BODY_BYTES
 
 
@@ -31,7 +33,7 @@ class ApiLimits(BaseModel):
 
     max_instances: int = Field(default=64, ge=1, le=4096,
                                description="Most tickets in one request; more answers 413 (split the request).")
-    max_text_chars: int = Field(default=20_000, ge=1,
+    max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1,
                                 description="Longest subject + body in characters; longer answers 413.")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024,
                                 description="Largest request body in bytes, counted as it arrives (chunked "
@@ -52,19 +54,6 @@ class PredictRequest(BaseModel):
     instances: list[Ticket] = Field(min_length=1, description="Tickets to score (at least one).")
     model: str | None = Field(default=None,
                               description="Optional `name` or `name:version` the caller expects; 404 if not served.")
-
-
-class Prediction(BaseModel):
-    ticket_id: str
-    customer_id: int
-    category: str = Field(description="Most likely category.")
-    probabilities: dict[str, float] = Field(description="Probability of every category.")
-    priority: float = Field(description="Priority score (higher is more urgent).")
-    features_missing: bool = Field(description="True when the customer had no (fresh) features in the store.")
-    tokens: int = Field(description="Tokens the model read.")
-    truncated: bool = Field(description="True when the text was cut at the model's token limit.")
-    input_digest: str = Field(description="Digest of the transformed inputs the model read (text and features): "
-                                          "equal on every path for equal inputs (`unison parity`).")
 
 
 class Latency(BaseModel):
@@ -255,15 +244,15 @@ def oip_tickets(request: InferenceRequest, limits: ApiLimits) -> list[Ticket]:
 def oip_response(result: dict[str, Any], requested: list[RequestedOutput] | None, request_id: str | None,
                  labels: list[str]) -> InferenceResponse:
     """Typed output tensors from a model result; only the `requested` ones when the client named them."""
-    predictions = result["predictions"]
+    predictions: list[Prediction] = result["predictions"]
     n = len(predictions)
     available = {
-        "category": Tensor(name="category", datatype="BYTES", shape=[n], data=[p["category"] for p in predictions]),
+        "category": Tensor(name="category", datatype="BYTES", shape=[n], data=[p.category for p in predictions]),
         "probabilities": Tensor(name="probabilities", datatype="FP32", shape=[n, len(labels)],
-                                data=[p["probabilities"][label] for p in predictions for label in labels]),
-        "priority": Tensor(name="priority", datatype="FP32", shape=[n], data=[p["priority"] for p in predictions]),
+                                data=[p.probabilities[label] for p in predictions for label in labels]),
+        "priority": Tensor(name="priority", datatype="FP32", shape=[n], data=[p.priority for p in predictions]),
         "features_missing": Tensor(name="features_missing", datatype="BOOL", shape=[n],
-                                   data=[p["features_missing"] for p in predictions]),
+                                   data=[p.features_missing for p in predictions]),
     }
     check_requested_outputs(requested)
     names = [o.name for o in requested] if requested else list(OUTPUT_NAMES)

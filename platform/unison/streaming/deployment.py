@@ -7,7 +7,7 @@ Partitions spread over the replicas and move when replicas come and go, by lease
 coordinator (`unison.streaming.ownership`), never by a Kafka group rebalance. The loop runs in a thread started
 after the replica is constructed (`reconfigure`, which Serve calls with the `user_config`), and stops cleanly --
 committing, then giving its leases back -- when Serve shuts the replica down. A replica that makes no progress
-while its partitions lag fails its health check (`TopicConsumer.stall`), so Serve replaces it. Scoring is the
+while its partitions lag fails its health check (`ConsumerLoop.stall`), so Serve replaces it. Scoring is the
 one scoring step (online features for the whole poll in one lookup, the one transform, the Predictor); the
 served version follows the registry alias (re-read every few seconds), so a promote reaches the stream too.
 Every few seconds a replica reads its group's lag (`unison.streaming.lag.LagWatch`: the
@@ -28,9 +28,11 @@ import pandas as pd
 
 from unison.config import Settings, load_settings
 from unison.ops import metrics
-from unison.streaming.consumer import ConsumerConfig, StreamConfig, TicketStream, TopicConsumer
+from unison.ops.logs import setup_logging
 from unison.streaming.events import FeatureEventConfig, FeatureEventStream
 from unison.streaming.lag import LagWatch
+from unison.streaming.loop import ConsumerConfig, ConsumerLoop
+from unison.streaming.tickets import StreamConfig, TicketStream
 
 log = logging.getLogger("unison.streaming")
 
@@ -46,8 +48,9 @@ class StreamConsumer:
         from unison.features.store import Features, feature_service_name
         from unison.model import Registry
         from unison.model.drift import DriftRecorder
+        from unison.model.scoring import DataPlane
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging()
         self.settings: Settings = load_settings()
         self.ref = model or f"{self.settings.model.name}:{self.settings.model.alias}"
         self.variant = variant or self.settings.model.variant
@@ -61,6 +64,7 @@ class StreamConsumer:
         self._lock = threading.Lock()
         try:
             self.features = Features(self.settings)
+            self.dataplane = DataPlane("stream", self.features, self.drift)
             self._load()
         except Exception as exc:  # do not consume what cannot be scored; retried from check_health
             self.load_error = f"cannot score: {type(exc).__name__}: {exc}"
@@ -72,13 +76,13 @@ class StreamConsumer:
         self.lag: LagWatch | None = None
 
     def _load(self) -> None:
-        from unison.model.predictor import predictor_for
+        from unison.model.predictor import Predictor, PredictorOptions
 
         name, version = self.registry.resolve(self.ref)
         if self.predictor is not None and self.predictor.version == version:
             return
-        predictor = predictor_for(self.registry.load(f"{name}:{version}", [self.variant]), self.variant,
-                                  self.settings.model, sharded=True)
+        options = PredictorOptions.from_config(self.settings.model, variant=self.variant)
+        predictor = Predictor.from_registry(self.registry, f"{name}:{version}", options, sharded=True)
         old, self.predictor = self.predictor, predictor
         if old is not None:
             old.close()
@@ -111,7 +115,10 @@ class StreamConsumer:
         return {"lag": float(sum(r.lag for r in rows)), "partitions": float(len(rows))}
 
     def _score(self, tickets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        from unison.model.scoring import attach_online_features, score_tickets
+        """A poll through the data plane, each ticket its own group: a ticket that raises alone gets
+        `{"error": reason}` (dead-lettered with it) and the others are scored. If every ticket's feature lookup
+        fails, the cause is not a ticket but the online store: raise, so the poll is retried with backoff."""
+        from unison.model.scoring import Failure
 
         with self._lock:
             if time.monotonic() - self._checked > ALIAS_CHECK_S:
@@ -121,56 +128,21 @@ class StreamConsumer:
                 except Exception:  # keep the loaded version; the next check retries
                     log.exception("could not follow %s", self.ref)
             predictor = self.predictor
-        started = time.perf_counter()
-        model = f"{predictor.name}:{predictor.version}"
         frame = pd.DataFrame.from_records(tickets)
-        try:
-            rows = attach_online_features(self.features, frame)
-            scored = score_tickets(predictor, rows)
-            if self.drift is not None:
-                self.drift.observe(model, predictor.manifest.training_reference, scored)
-            records = scored.records()
-        except Exception:
-            records = self._score_each(predictor, frame)
-        metrics.scored_batch("stream", model, len(tickets), time.perf_counter() - started)
-        results = []
-        for ticket, record in zip(tickets, records, strict=True):
-            if "error" in record:
-                results.append(record)
-                continue
-            results.append({"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"], **record,
-                            "model_name": predictor.name, "model_version": predictor.version,
-                            "variant": self.variant, "feature_service": self.feature_service})
+        outcomes = self.dataplane.score(predictor, frame, groups=[1] * len(frame))
+        lookups = [o for o in outcomes if isinstance(o, Failure) and o.kind == "features"]
+        if len(lookups) == len(outcomes) and lookups[0].cause is not None:
+            raise lookups[0].cause
+        common = {"model_name": predictor.name, "model_version": predictor.version, "variant": self.variant,
+                  "feature_service": self.feature_service}
+        results: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                results.append({"error": outcome.message})
+            else:
+                results.extend({**p.model_dump(), **common} for p in outcome.records())
         headers = {"model_name": predictor.name, "model_version": predictor.version}
         return results, headers
-
-    def _score_each(self, predictor: Any, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        """Score a poll's tickets one by one after the poll as a whole raised: a ticket that still raises alone
-        gets `{"error": "<exception class>: <message>"}` (dead-lettered with that reason), the others are scored.
-        If every ticket's feature lookup fails alone, the cause is not a ticket but the online store: raise, so
-        the poll is retried with backoff instead of dead-lettered."""
-        from unison.model.predictor import PredictorInputError
-        from unison.model.scoring import attach_online_features, score_tickets
-
-        out: list[dict[str, Any]] = []
-        lookups_failed: list[Exception] = []
-        for i in range(len(frame)):
-            try:
-                rows = attach_online_features(self.features, frame.iloc[i:i + 1])
-            except Exception as exc:
-                lookups_failed.append(exc)
-                out.append({"error": f"{type(exc).__name__}: {exc}"})
-                continue
-            try:
-                out.append(score_tickets(predictor, rows).records()[0])
-            except PredictorInputError as exc:
-                out.append({"error": str(exc)})
-            except Exception as exc:
-                log.exception("scoring ticket %s failed", frame.iloc[i].get("ticket_id"))
-                out.append({"error": f"{type(exc).__name__}: {exc}"})
-        if lookups_failed and len(lookups_failed) == len(frame):
-            raise lookups_failed[0]
-        return out
 
     async def check_health(self) -> None:
         """Raise when the consumer loop died or makes no progress while its partitions lag (Serve then
@@ -181,11 +153,13 @@ class StreamConsumer:
 
     def _retry_load(self) -> None:
         from unison.features.store import Features
+        from unison.model.scoring import DataPlane
 
         self._attempted = time.monotonic()
         try:
             if self.features is None:
                 self.features = Features(self.settings)
+                self.dataplane = DataPlane("stream", self.features, self.drift)
             self._load()
         except Exception as exc:
             self.load_error = f"cannot score: {type(exc).__name__}: {exc}"
@@ -223,14 +197,14 @@ def _lag_status(lag: LagWatch | None) -> dict[str, Any]:
             "lag_error": lag.error if lag is not None else None}
 
 
-def _raise_if_stalled(disabled: str | None, stream: TopicConsumer | None) -> None:
+def _raise_if_stalled(disabled: str | None, stream: ConsumerLoop | None) -> None:
     if disabled is None and stream is not None:
         why = stream.stall()
         if why:
             raise RuntimeError(why)
 
 
-def _shut(stream: TopicConsumer | None, lag: LagWatch | None) -> None:
+def _shut(stream: ConsumerLoop | None, lag: LagWatch | None) -> None:
     if lag is not None:
         lag.stop()
     if stream is not None:
@@ -249,7 +223,7 @@ class FeatureEventConsumer:
     """A Serve deployment class: each replica consumes the feature-event partitions it holds leases on."""
 
     def __init__(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging()
         self.settings: Settings = load_settings()
         self.config = FeatureEventConfig()
         self.stream: FeatureEventStream | None = None

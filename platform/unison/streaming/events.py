@@ -22,8 +22,8 @@ import pandas as pd
 from pydantic import Field
 
 from unison.config import KafkaConfig
-from unison.streaming.consumer import ConsumerConfig, TopicConsumer, json_object
 from unison.streaming.lag import LagWatch
+from unison.streaming.loop import ConsumerConfig, ConsumerLoop, json_object
 from unison.streaming.ownership import Coordinator
 
 MAX_EVENT_BYTES = 16 * 1024
@@ -57,7 +57,7 @@ def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, str | None
 Push = Callable[[pd.DataFrame], int]
 
 
-class FeatureEventStream(TopicConsumer):
+class FeatureEventStream(ConsumerLoop):
     """Pushes each poll's valid events in one call; `push` is `Features.push`."""
 
     name = "feature-events"

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from unison.ops.logs import setup_logging
+
 log = logging.getLogger("unison.streaming")
 
 COORDINATOR_NAMESPACE = "unison"
@@ -249,7 +251,7 @@ class PartitionCoordinator:
     group's ownership metrics (one exporter, whatever the number of replicas)."""
 
     def __init__(self, group: str, topic: str) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging()
         import ray
 
         self.group, self.topic = group, topic
@@ -327,27 +329,6 @@ class _RayCoordinator:
         import ray
 
         ray.get(self.actor.leave.remote(member), timeout=self.timeout_s)
-
-
-class LocalCoordinator:
-    """A `LeaseTable` in this process, behind a lock: the coordinator of consumers that all run in one process
-    outside Ray (tests of a consumer's own logic)."""
-
-    def __init__(self, table: LeaseTable | None = None) -> None:
-        self.table = table or LeaseTable()
-        self._lock = threading.Lock()
-
-    def heartbeat(self, member: str, **kwargs: Any) -> dict[str, Any]:
-        with self._lock:
-            return self.table.heartbeat(member, **kwargs)
-
-    def release(self, member: str, partitions: list[int]) -> None:
-        with self._lock:
-            self.table.release(member, partitions)
-
-    def leave(self, member: str) -> None:
-        with self._lock:
-            self.table.leave(member)
 
 
 # ---------------------------------------------------------------------------------------------- a member

@@ -37,7 +37,7 @@ def feature_event_messages(path: Path, limit: int, seed: int = 0) -> Iterator[tu
     import numpy as np
     import pyarrow.parquet as pq
 
-    from unison.features.store import PUSH_SCHEMA
+    from unison.domain import PUSH_SCHEMA
 
     table = pq.read_table(path, columns=[c for c in PUSH_SCHEMA if c != "event_timestamp"]).to_pandas()
     rng = np.random.default_rng(seed)

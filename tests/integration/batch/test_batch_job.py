@@ -18,7 +18,7 @@ from unison.batch.submit import entrypoint, job_environment
 from unison.config import Settings
 from unison.features import feature_matrix, transform
 from unison.features.store import Features
-from unison.model import Predictor, Registry
+from unison.model import Predictor, PredictorOptions, Registry
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -72,7 +72,8 @@ def test_ray_job_submit_cli_runs_the_job(platform_settings: Settings, endpoints,
     sample = pd.read_parquet(path).head(N_TICKETS).sample(40, random_state=1)
     joined = Features(platform_settings).historical(sample, timestamp_column="created_at")
     inputs = transform(joined)
-    predictor = Predictor.from_registry(Registry(platform_settings.model.registry_dir), "triage:production", "int8")
+    predictor = Predictor.from_registry(Registry(platform_settings.model.registry_dir), "triage:production",
+                                        PredictorOptions.from_config(platform_settings.model, variant="int8"))
     direct = predictor.predict(inputs["text"].tolist(), feature_matrix(inputs))
     by_id = predictions.set_index("ticket_id").loc[joined["ticket_id"]]
     labels = direct.labels

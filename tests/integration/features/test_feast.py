@@ -16,6 +16,7 @@ import pytest
 from unison.config import Settings, load_settings
 from unison.features import store
 from unison.features.offline import load_labelled
+from unison.features.push import PushSchemaError
 from unison.features.transform import NUMERIC_FEATURES, transform
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -90,7 +91,7 @@ def test_push_reaches_online_and_offline_stores(applied: Settings) -> None:
     assert (online["open_tickets"], online["last_csat"]) == (17, 1.2)
     offline = features.historical(pd.DataFrame({"customer_id": [7], "event_timestamp": [now + timedelta(seconds=5)]}))
     assert offline["open_tickets"].tolist() == [17]
-    with pytest.raises(store.PushSchemaError, match="open_tickets"):
+    with pytest.raises(PushSchemaError, match="open_tickets"):
         features.push(pushed.assign(open_tickets=["lots"]))
 
 

@@ -20,6 +20,7 @@ from unison.config import Settings
 from unison.data import dataset
 from unison.data.dataset import parts
 from unison.features import store
+from unison.features.push import compact
 
 T = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)  # well inside the activity view's 365-day TTL
 
@@ -252,7 +253,7 @@ def test_compaction_changes_nothing_retrieval_and_materialization_read(applied: 
     before, stored = _reads(features, ids, pushes), _stored(applied, ids)
     assert dataset.pending_parts(_dataset(applied)) >= pushes
 
-    done = store.compact(applied)
+    done = compact(applied)
     assert not done.skipped and len(done.merged) >= pushes and done.rows_out < done.rows_in
     assert dataset.pending_parts(_dataset(applied)) == 0 and len(parts(_dataset(applied))) <= 3
     assert _reads(features, ids, pushes) == before
@@ -267,7 +268,7 @@ import sys
 
 from unison.config import Settings
 from unison.data import dataset
-from unison.features import store
+from unison.features.push import compact
 
 settings = Settings.model_validate_json(sys.stdin.readline())
 point = sys.argv[1]
@@ -280,7 +281,7 @@ def hold(reached):
 
 
 dataset._checkpoint = hold
-done = store.compact(settings)
+done = compact(settings)
 print("done", len(done.merged), flush=True)
 """
 
@@ -320,7 +321,7 @@ def test_a_compaction_killed_between_publish_and_retire_changes_nothing_reads_se
         child.wait(timeout=60)
     assert _reads(features, ids, pushes) == before and (_dataset(applied) / dataset.JOURNAL_FILE).exists()
 
-    done = store.compact(applied)  # retires what the killed one merged, then merges what is left
+    done = compact(applied)  # retires what the killed one merged, then merges what is left
     assert done.recovered and dataset.pending_parts(_dataset(applied)) == 0
     assert not (_dataset(applied) / dataset.JOURNAL_FILE).exists()
     after = _stored(applied, ids)
@@ -352,7 +353,7 @@ def test_a_push_during_a_compaction_keeps_its_rows(applied: Settings, tmp_path: 
 
 
 def test_pushes_start_a_compaction_past_the_threshold(applied: Settings) -> None:
-    store.compact(applied)  # what earlier tests pushed (a single pushed part is left as it is)
+    compact(applied)  # what earlier tests pushed (a single pushed part is left as it is)
     pending = dataset.pending_parts(_dataset(applied))
     features = store.Features(_with_features(applied, compact_after_parts=pending + 3))
     ids = list(range(1_000_600, 1_000_605))
@@ -383,7 +384,7 @@ def test_a_read_whose_listed_part_a_compaction_retired_is_tried_again(applied: S
             reads.append(data_source.path)
             if len(reads) == 1:
                 assert list(frame.columns)  # the parts are listed now
-                assert store.compact(applied).merged  # and the ones listed retired
+                assert compact(applied).merged  # and the ones listed retired
         return frame
 
     monkeypatch.setattr(feast_dask, "_read_datasource", listing_then_compaction)

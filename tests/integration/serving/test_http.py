@@ -40,10 +40,10 @@ def _instances(tickets: pd.DataFrame) -> list[dict[str, Any]]:
             for row in tickets.to_dict(orient="records")]
 
 
-def test_v1_predict_matches_in_process_scoring(url: str, tickets: pd.DataFrame, platform_settings: Settings) -> None:
+def test_v1_predict_matches_in_process_scoring(url: str, tickets: pd.DataFrame, serve_settings: Settings) -> None:
     from unison.features.store import Features
-    from unison.model import Predictor, Registry
-    from unison.model.scoring import attach_online_features, score_tickets
+    from unison.model import Predictor, PredictorOptions, Registry
+    from unison.model.scoring import DataPlane
 
     response = httpx.post(f"{url}/v1/predict", json={"instances": _instances(tickets)}, timeout=60)
     assert response.status_code == 200, response.text
@@ -54,9 +54,10 @@ def test_v1_predict_matches_in_process_scoring(url: str, tickets: pd.DataFrame, 
     assert [p["ticket_id"] for p in body["predictions"]] == tickets["ticket_id"].tolist()
 
     # The same tickets scored here with the same artifact, online features and transform give the same answer.
-    predictor = Predictor(Registry(platform_settings.model.registry_dir).load("triage:production", ["int8"]),
-                          "int8")
-    expected = score_tickets(predictor, attach_online_features(Features(platform_settings), tickets)).records()
+    predictor = Predictor.from_registry(Registry(serve_settings.model.registry_dir), "triage:production",
+                                        PredictorOptions.from_config(serve_settings.model))
+    [scored] = DataPlane("parity", Features(serve_settings)).score(predictor, tickets)
+    expected = [p.model_dump() for p in scored.records()]  # type: ignore[union-attr]
     for got, want in zip(body["predictions"], expected, strict=True):
         assert got["category"] == want["category"] and got["features_missing"] == want["features_missing"]
         assert abs(got["priority"] - want["priority"]) < 1e-6

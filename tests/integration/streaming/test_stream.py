@@ -20,7 +20,7 @@ import yaml
 from unison.config import Settings
 from unison.ops import stack
 from unison.serving.app import STREAM
-from unison.streaming.consumer import MAX_MESSAGE_BYTES
+from unison.streaming.loop import MAX_MESSAGE_BYTES
 from unison.streaming.tools import produce, tail
 
 
@@ -60,8 +60,8 @@ def run() -> str:
 def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
         serve_settings: Settings, url: str, run: str) -> None:
     from unison.features.store import Features
-    from unison.model import Predictor, Registry
-    from unison.model.scoring import attach_online_features, score_tickets
+    from unison.model import Predictor, PredictorOptions, Registry
+    from unison.model.scoring import DataPlane
 
     good = _tickets(serve_settings, run, 40)
     poison: list[tuple[bytes, bytes | None]] = [
@@ -116,9 +116,10 @@ def test_good_tickets_are_scored_and_poison_goes_to_the_dead_letter_topic(
 
     # Outputs carry model version and source, and equal in-process scoring of the same tickets.
     registry = Registry(serve_settings.model.registry_dir)
-    predictor = Predictor(registry.load("triage:production", ["int8"]), "int8")
-    expected = score_tickets(predictor, attach_online_features(Features(serve_settings), pd.DataFrame(good)))
-    for ticket, want in zip(good, expected.records(), strict=True):
+    predictor = Predictor.from_registry(registry, "triage:production",
+                                        PredictorOptions.from_config(serve_settings.model))
+    [scored] = DataPlane("parity", Features(serve_settings)).score(predictor, pd.DataFrame(good))
+    for ticket, want in zip(good, [p.model_dump() for p in scored.records()], strict=True):  # type: ignore[union-attr]
         record = by_id[ticket["ticket_id"]]
         assert record["headers"]["model_version"] == "1" and record["headers"]["source"].startswith("tickets/")
         assert record["value"]["result_id"] == f"{record['headers']['source']}/triage:1"  # dedupe key in the value

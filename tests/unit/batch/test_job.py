@@ -84,3 +84,22 @@ def test_pipeline_flags_map_to_the_config() -> None:
     assert (config.batch_size, config.gpus_per_actor, config.partition_by_date) == (64, 0.25, False)
     with pytest.raises(SystemExit):
         batch_predict.parse(["--output", "out"])  # --tickets is required
+
+
+def test_the_scoring_actors_run_the_predictor_the_serving_paths_run() -> None:
+    """Non-default `model` settings reach the batch actors exactly as they reach the online and streaming
+    replicas (`PredictorOptions.from_config(settings.model)`); the job overrides only its actor threads, and a
+    variant or device only when given. The actors once built their Predictor by hand and dropped these."""
+    from unison.batch.job import predictor_options
+    from unison.model.predictor import PredictorOptions
+
+    settings = load_settings(model={"variant": "fp32", "execution": "buckets", "max_length": 64,
+                                    "intra_op_threads": 1, "bucket_size": 8})
+    serving = PredictorOptions.from_config(settings.model)
+    assert (serving.variant, serving.execution, serving.max_length, serving.intra_op_threads, serving.bucket_size) \
+        == ("fp32", "buckets", 64, 1, 8)
+    batch = predictor_options(settings, BatchJobConfig(tickets="t", output="o", parallel_rows=3))
+    assert batch == serving.replace(parallel_rows=3)
+    flagged = predictor_options(settings, BatchJobConfig(tickets="t", output="o", variant="int8", device="cuda",
+                                                         cpus_per_actor=2))
+    assert flagged == serving.replace(variant="int8", device="cuda", parallel_rows=2)

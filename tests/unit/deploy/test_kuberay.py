@@ -155,7 +155,7 @@ def test_the_model_reference_agrees_everywhere(rayjob: dict[str, Any], configmap
     assert f"{configmap['data']['UNISON_MODEL__NAME']}:{configmap['data']['UNISON_MODEL__ALIAS']}" == settings_ref
     from unison.batch import BatchJobConfig
 
-    assert BatchJobConfig.model_fields["model"].default == settings_ref
+    assert BatchJobConfig.model_fields["model"].default is None  # the job then scores with settings.model's
 
 
 def test_the_registry_is_mounted_where_the_images_and_configmap_expect_it(

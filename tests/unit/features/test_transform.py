@@ -1,13 +1,21 @@
 """The one transform: fixed scaling, defaults for missing features, a flag that says so, stable order."""
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from unison.features import NUMERIC_FEATURES, feature_matrix, transform, transform_records
+from unison.features import NUMERIC_FEATURES, feature_matrix, transform
 from unison.features.offline import join_customer_features
+
+
+def transform_records(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """`transform` for a list of dicts, as the tests write tickets."""
+    return transform(pd.DataFrame.from_records(list(records)))
+
 
 CUSTOMER = {"plan": "pro", "tenure_days": 730, "lifetime_value": 1200.0, "open_tickets": 3,
             "tickets_last_90d": 5, "last_csat": 4.0, "days_since_last_login": 9}

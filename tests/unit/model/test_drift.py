@@ -15,7 +15,7 @@ from unison.model.drift import (
     DriftConfig,
     DriftCounts,
     DriftRecorder,
-    Window,
+    DriftWindow,
     assess,
     live_values,
     psi,
@@ -128,7 +128,7 @@ def test_too_few_rows_give_no_figure() -> None:
 
 
 def test_the_window_forgets_old_counts() -> None:
-    window = Window()
+    window = DriftWindow()
     window.add(100.0, 2, {"x": [1, 1]})
     window.add(150.0, 3, {"x": [0, 3]})
     assert window.total(160.0, window_s=100) == (5, {"x": [1, 4]})

@@ -161,9 +161,9 @@ def test_other_model_kinds_export_and_pass_their_gates(kind: str, classifier_dir
     outputs = result.artifact.manifest.output_names()
     assert outputs == (["logits", "probabilities"] if kind != "encoder" else ["embedding"])
     assert result.quality["fp32"].passed and "features" not in result.artifact.manifest.input_names()
-    from unison.model import Predictor
+    from unison.model import Predictor, PredictorOptions
 
-    predictor = Predictor(result.artifact, "fp32")
+    predictor = Predictor.from_options(result.artifact, PredictorOptions(variant="fp32"))
     out = predictor.predict(["my invoice is wrong", "the app crashes"])
     if kind == "encoder":
         assert out.embedding is not None and np.allclose(np.linalg.norm(out.embedding, axis=1), 1, atol=1e-4)

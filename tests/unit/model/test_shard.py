@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from unison.config import load_settings
-from unison.model import Predictor, Registry
-from unison.model.predictor import predictor_for
+from unison.model import Predictor, PredictorOptions, Registry
 from unison.model.runtime import create_session
 from unison.model.shard import BOUNDARY_OPS, LocalStages, ShardError, split
 
@@ -85,10 +84,11 @@ def test_a_predictor_over_the_chain_scores_like_the_whole_model(built_model: Any
     artifact = _artifact(built_model)
     features = np.random.default_rng(1).random((len(TEXTS), 16), dtype=np.float32)
     for execution in ("rows", "buckets"):
-        whole = Predictor(artifact, "int8", execution=execution, bucket_size=2)
+        options = PredictorOptions(variant="int8", execution=execution, bucket_size=2)
+        whole = Predictor.from_options(artifact, options)
         info = artifact.manifest.variants["int8"]
         chain = LocalStages(artifact.path, info.stages["3"], artifact.manifest.output_names())
-        sharded = Predictor(artifact, "int8", execution=execution, bucket_size=2, chain=chain)
+        sharded = Predictor.from_options(artifact, options, chain=chain)
         assert sharded.session is None and sharded.execution == execution
         expected, got = whole.predict(TEXTS, features), sharded.predict(TEXTS, features)
         for name in expected.outputs:
@@ -98,7 +98,7 @@ def test_a_predictor_over_the_chain_scores_like_the_whole_model(built_model: Any
 
 def test_asking_for_a_split_the_artifact_lacks_names_what_it_has(built_model: Any) -> None:
     artifact = _artifact(built_model)
-    options = load_settings(model={"stages": 4}).model
+    options = PredictorOptions.from_config(load_settings(model={"stages": 4}).model, variant="int8")
     with pytest.raises(ValueError, match=r"no 4-stage split \(has: 2, 3\).*--stages 4"):
-        predictor_for(artifact, "int8", options, sharded=True)
-    assert predictor_for(artifact, "int8", options, sharded=False).chain is None  # other models load whole
+        Predictor.from_options(artifact, options, sharded=True)
+    assert Predictor.from_options(artifact, options, sharded=False).chain is None  # other models load whole

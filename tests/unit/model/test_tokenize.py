@@ -1,8 +1,18 @@
 """Padding and length bucketing (pure logic)."""
 
-import numpy as np
+from collections.abc import Sequence
 
-from unison.model.tokenize import length_buckets, pad, padding_waste
+import numpy as np
+import numpy.typing as npt
+
+from unison.model.tokenize import length_buckets, pad
+
+
+def padding_waste(lengths: Sequence[int], buckets: Sequence[npt.NDArray[np.int64]]) -> float:
+    """Fraction of computed positions that are padding."""
+    lengths_arr = np.asarray(lengths)
+    computed = sum(int(lengths_arr[b].max()) * len(b) for b in buckets)
+    return 1.0 - float(lengths_arr.sum()) / computed if computed else 0.0
 
 
 def test_pad_right_pads_with_a_mask() -> None:

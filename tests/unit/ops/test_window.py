@@ -2,11 +2,11 @@
 
 import pytest
 
-from unison.ops.window import RollingWindow
+from unison.ops.window import ThroughputWindow
 
 
 def test_rates_and_percentiles_over_the_window() -> None:
-    window = RollingWindow(window_s=10)
+    window = ThroughputWindow(window_s=10)
     start = window._started
     for i in range(100):  # 100 requests of 2 tickets in the first 10 s, latencies 1..100 ms
         window.add((i + 1) / 1000, items=2, at=start + i * 0.1)
@@ -18,7 +18,7 @@ def test_rates_and_percentiles_over_the_window() -> None:
 
 
 def test_old_events_leave_the_window() -> None:
-    window = RollingWindow(window_s=10)
+    window = ThroughputWindow(window_s=10)
     start = window._started
     window.add(0.01, at=start + 1)
     window.add(0.02, at=start + 25)
@@ -27,5 +27,5 @@ def test_old_events_leave_the_window() -> None:
 
 
 def test_an_empty_window_has_no_percentiles() -> None:
-    stats = RollingWindow().stats()
+    stats = ThroughputWindow().stats()
     assert stats["events"] == 0 and stats["p99_s"] is None and stats["items_per_s"] == 0

@@ -12,11 +12,11 @@ from unison.model.drift import DriftConfig
 from unison.ops.stack import Endpoints
 from unison.serving import deploy
 from unison.serving.app import DRIFT, EVENTS, INGRESS, MODEL, STREAM, AppArgs
-from unison.serving.model import ModelUserConfig
+from unison.serving.model_server import ModelUserConfig
 from unison.serving.routing import RoutingConfig
 from unison.streaming.autoscaling import LagPolicy
-from unison.streaming.consumer import StreamConfig
 from unison.streaming.events import FeatureEventConfig
+from unison.streaming.tickets import StreamConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from unison.model.scoring import Prediction
 from unison.serving.schema import (
     ApiLimits,
     InferenceRequest,
@@ -83,11 +84,12 @@ def test_oip_errors_name_the_tensor(inputs: list[dict], status: int, message: st
 
 
 def test_oip_response_is_typed_and_filtered() -> None:
+    common = {"tokens": 5, "truncated": False, "input_digest": "d", "customer_id": 1}
     result = {"model_name": "triage", "model_version": "3", "feature_service": "triage_v1", "predictions": [
-        {"category": "billing", "probabilities": {"billing": 0.9, "technical": 0.1}, "priority": 0.5,
-         "features_missing": False},
-        {"category": "technical", "probabilities": {"billing": 0.2, "technical": 0.8}, "priority": 0.1,
-         "features_missing": True},
+        Prediction(ticket_id="a", category="billing", probabilities={"billing": 0.9, "technical": 0.1},
+                   priority=0.5, features_missing=False, **common),  # type: ignore[arg-type]
+        Prediction(ticket_id="b", category="technical", probabilities={"billing": 0.2, "technical": 0.8},
+                   priority=0.1, features_missing=True, **common),  # type: ignore[arg-type]
     ]}
     response = oip_response(result, None, "r", LABELS)
     outputs = {o.name: o for o in response.outputs}

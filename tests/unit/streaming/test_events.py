@@ -99,7 +99,7 @@ def test_a_store_failure_raises_so_nothing_is_committed() -> None:
 
 def test_generated_events_fit_the_push_schema(tmp_path: Any) -> None:
     from unison.data import generate
-    from unison.features.store import validate_push
+    from unison.features.push import validate_push
     from unison.streaming.tools import feature_event_messages
 
     generate(tmp_path, customers=50, tickets=20, seed=1)

@@ -15,7 +15,8 @@ from kafka.errors import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from unison.features.store import FeatureStoreError, PushSchemaError
+from unison.features.push import PushSchemaError
+from unison.features.store import FeatureStoreError
 from unison.model.predictor import PredictorInputError
 from unison.streaming.failures import backoff, classify
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
+from tests.unit.fakes import LocalCoordinator
 
 from unison.config import KafkaConfig
-from unison.streaming.consumer import ConsumerConfig, TopicConsumer
-from unison.streaming.ownership import LeaseTable, LocalCoordinator
+from unison.streaming.loop import ConsumerConfig, ConsumerLoop
+from unison.streaming.ownership import LeaseTable
 
 Record = namedtuple("Record", "topic partition offset key value timestamp")
 TOPIC = "tickets"
@@ -90,7 +91,7 @@ class FakeConsumer:
         pass
 
 
-class Echo(TopicConsumer):
+class Echo(ConsumerLoop):
     """One output per record; `begin` records what was started, so the test sees two polls in flight."""
 
     def __init__(self, logs: dict[int, int], **config: Any) -> None:

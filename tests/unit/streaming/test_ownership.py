@@ -3,8 +3,9 @@
 from typing import Any
 
 import pytest
+from tests.unit.fakes import LocalCoordinator
 
-from unison.streaming.ownership import LeaseTable, LocalCoordinator, Ownership
+from unison.streaming.ownership import LeaseTable, Ownership
 
 LEASE, STALL = 8.0, 30.0
 
@@ -163,7 +164,7 @@ def test_a_first_start_grants_at_once(clock: Clock) -> None:
 
 
 def test_leases_must_outlive_heartbeats_and_stalls_must_outlive_leases() -> None:
-    from unison.streaming.consumer import StreamConfig
+    from unison.streaming.tickets import StreamConfig
 
     with pytest.raises(ValueError, match="at least 3 heartbeats"):
         StreamConfig(heartbeat_s=2, lease_s=5)

@@ -5,7 +5,8 @@ import json
 import pytest
 from tests.unit.fakes import FakeFeatures, FakeScorer
 
-from unison.streaming.consumer import MAX_MESSAGE_BYTES, StreamConfig, decode
+from unison.streaming.loop import MAX_MESSAGE_BYTES
+from unison.streaming.tickets import StreamConfig, decode
 
 GOOD = {"ticket_id": "t1", "customer_id": 3, "subject": "refund", "body": "charged twice", "channel": "email"}
 
@@ -42,11 +43,13 @@ def _stream_consumer(features: object) -> object:
     import threading
     import time
 
+    from unison.model.scoring import DataPlane
     from unison.streaming.deployment import StreamConsumer
 
     consumer = StreamConsumer.__new__(StreamConsumer)  # no Serve, no Kafka: the scoring shell only
     consumer._lock, consumer._checked = threading.Lock(), time.monotonic()
-    consumer.features, consumer.drift, consumer.variant, consumer.feature_service = features, None, "int8", "triage_v1"
+    consumer.variant, consumer.feature_service = "int8", "triage_v1"
+    consumer.dataplane = DataPlane("stream", features)  # type: ignore[arg-type]
     consumer.predictor = FakeScorer()
     return consumer
 
@@ -57,7 +60,7 @@ def test_a_ticket_that_raises_in_scoring_is_dead_lettered_with_its_exception_and
                for i in range(4)]
     results, _ = consumer._score(tickets)
     assert [("error" in r) for r in results] == [False, False, True, False]
-    assert results[2]["error"] == "OverflowError: Python int too large to convert to C long"
+    assert results[2]["error"] == "scoring failed: OverflowError: Python int too large to convert to C long"
     assert results[3]["ticket_id"] == "t3"
 
 

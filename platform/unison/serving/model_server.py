@@ -32,6 +32,7 @@ from ray import serve
 from unison.config import Settings, load_settings
 from unison.model.drift import DriftRecorder
 from unison.ops import metrics
+from unison.ops.logs import setup_logging
 from unison.serving.cache import CacheConfig, ModelCache, ModelTooLarge, release_memory, resident_bytes
 
 log = logging.getLogger("unison.serving")
@@ -146,17 +147,18 @@ class ModelServer:
     """Serves every registered model version on demand; `default_ref` answers calls that name none."""
 
     def __init__(self, model: str | None = None, variant: str | None = None, drift: Any = None) -> None:
+        from unison.domain import ModelRef
         from unison.model import Registry
         from unison.serving.routing import Router
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging()
         self.settings: Settings = load_settings()
         self.default_ref = model or f"{self.settings.model.name}:{self.settings.model.alias}"
         self.variant = variant or self.settings.model.variant
         self.registry = Registry(self.settings.model.registry_dir)
-        name, _, tag = self.default_ref.partition(":")
-        self.router = Router(self.registry, name, self.settings.model.alias)
-        self._default = (name, tag or None)
+        default = ModelRef.parse(self.default_ref)
+        self.router = Router(self.registry, default.name, self.settings.model.alias)
+        self._default = (default.name, default.tag)
         self.config = ModelUserConfig()
         self.cache = ModelCache(self.config.cache)
         self.stats = BatchStats()
@@ -178,9 +180,11 @@ class ModelServer:
 
     def _open_features(self) -> None:
         from unison.features.store import Features, feature_service_name
+        from unison.model.scoring import DataPlane
 
         try:
             self.features = Features(self.settings)
+            self.dataplane = DataPlane("online", self.features, self.drift)
             self.feature_service = feature_service_name()
             self.feature_error = None
         except Exception as exc:  # the store is down or not applied: answer 503 until it is back
@@ -213,16 +217,15 @@ class ModelServer:
 
     def _build(self, model_id: str) -> LoadedModel:
         """Verify (checksums) and load one version, measuring the resident memory it adds."""
-        from unison.model.predictor import predictor_for
+        from unison.model.predictor import Predictor, PredictorOptions
         from unison.model.registry import ArtifactError, RegistryError
 
-        model = self.settings.model
         started, before = time.perf_counter(), resident_bytes()
         try:
             artifact = self.registry.load(model_id, [self.variant])
             # `model.stages` shards the application's default model (the one sized for it); others load whole.
-            predictor = predictor_for(artifact, self.variant, model,
-                                      sharded=model_id == self._default_id_or_ref())
+            options = PredictorOptions.from_config(self.settings.model, variant=self.variant)
+            predictor = Predictor.from_options(artifact, options, sharded=model_id == self._default_id_or_ref())
             predictor.check()  # the warm-up touches the weights, so the measurement below is what it costs
         except RegistryError as exc:
             raise ModelLoadError(404, str(exc)) from None
@@ -357,12 +360,6 @@ class ModelServer:
                         for i, where in enumerate(chain.placement)]
         return []
 
-    def model_info(self, model_id: str) -> dict[str, Any]:
-        """Labels and transform version of a registered version (for OIP metadata), from its manifest."""
-        manifest = self.registry.manifest(model_id)
-        return {"name": manifest.name, "version": manifest.version, "labels": list(manifest.labels),
-                "transform_version": manifest.transform_version}
-
     async def warm(self) -> dict[str, Any]:
         """Load the call's multiplexed model (the ingress does this before traffic moves to a version)."""
         model_id = serve.get_multiplexed_model_id()
@@ -458,50 +455,20 @@ class ModelServer:
         return results
 
     def _score_batch(self, predictor: Any, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        from unison.model.predictor import PredictorInputError
-        from unison.model.scoring import attach_online_features, score_tickets
+        """The batch's requests through the data plane: one lookup and one Predictor call, a failure isolated
+        to the request that causes it (422 its input, 503 the online store, 500 anything else it raised)."""
+        from unison.model.scoring import Failure
 
-        started = time.perf_counter()
-        sizes = [len(r) for r in requests]
         tickets = pd.DataFrame.from_records([t for r in requests for t in r])
-        # One bad request must not fail the others batched with it: whatever a batch raises, each request is
-        # scored alone, so only the one that raises fails.
-        try:
-            rows = attach_online_features(self.features, tickets)
-        except Exception as exc:
-            if len(requests) > 1:
-                return [self._score_batch(predictor, [r])[0] for r in requests]
-            self._count("feature_store")  # alone it still fails: the online store is down (retry later)
-            log.exception("online feature lookup failed")
-            return [_error(503, f"online feature store unavailable: {type(exc).__name__}: {exc}")]
-        try:
-            scored = score_tickets(predictor, rows)
-        except Exception as exc:
-            if len(requests) > 1:
-                return [self._score_batch(predictor, [r])[0] for r in requests]
-            if isinstance(exc, PredictorInputError):
-                self._count("input")
-                return [_error(422, str(exc))]
-            self._count("scoring")
-            log.exception("scoring a request failed")
-            return [_error(500, f"scoring failed: {type(exc).__name__}: {exc}")]
-        self.stats.rows += len(tickets)
-        model = f"{predictor.name}:{predictor.version}"
-        metrics.scored_batch("online", model, len(tickets), time.perf_counter() - started)
-        if self.drift is not None:
-            self.drift.observe(model, predictor.manifest.training_reference, scored)
-        records = scored.records()
-        out, start = [], 0
-        for size in sizes:
-            part = tickets.iloc[start:start + size]
-            predictions = [
-                {"ticket_id": str(tid), "customer_id": int(cid), **record}
-                for tid, cid, record in zip(part["ticket_id"], part["customer_id"], records[start:start + size],
-                                            strict=True)
-            ]
+        out: list[dict[str, Any]] = []
+        for outcome in self.dataplane.score(predictor, tickets, groups=[len(r) for r in requests]):
+            if isinstance(outcome, Failure):
+                self._count({"features": "feature_store"}.get(outcome.kind, outcome.kind))
+                out.append(_error(outcome.status, outcome.message))
+                continue
+            self.stats.rows += len(outcome)
             out.append({"model_name": predictor.name, "model_version": predictor.version, "variant": self.variant,
-                        "feature_service": self.feature_service, "predictions": predictions})
-            start += size
+                        "feature_service": self.feature_service, "predictions": outcome.records()})
         return out
 
     def _count(self, kind: str) -> None:

@@ -6,8 +6,9 @@ import time
 import pytest
 from tests.unit.fakes import FakeFeatures, FakeScorer
 
+from unison.model.scoring import DataPlane
 from unison.serving.cache import ModelCache
-from unison.serving.model import BatchStats, LoadedModel, ModelLoadError, ModelServer, ModelUserConfig
+from unison.serving.model_server import BatchStats, LoadedModel, ModelLoadError, ModelServer, ModelUserConfig
 
 
 class _Predictor:
@@ -81,11 +82,11 @@ def _request(i: int, body: str = "charged twice") -> list[dict[str, object]]:
 
 def test_a_request_that_raises_in_scoring_fails_alone_and_its_batch_neighbours_succeed() -> None:
     server = _server()
-    server.features, server.drift = FakeFeatures(), None
+    server.dataplane = DataPlane("online", FakeFeatures())
     requests = [_request(i) for i in range(15)] + [_request(15, "boom")]
     results = server._score_batch(FakeScorer(), requests)
     assert [r.get("status") for r in results[:15]] == [None] * 15
-    assert all(r["predictions"][0]["ticket_id"] == f"t{i}" for i, r in enumerate(results[:15]))
+    assert all(r["predictions"][0].ticket_id == f"t{i}" for i, r in enumerate(results[:15]))
     assert results[15]["status"] == 500 and "OverflowError: Python int too large" in results[15]["error"]
     assert server.stats.errors == {"scoring": 1}
 
@@ -94,6 +95,6 @@ def test_an_online_store_outage_is_a_503_for_each_request_not_a_scoring_error() 
     server = _server()
     features = FakeFeatures()
     features.down = True
-    server.features, server.drift = features, None
+    server.dataplane = DataPlane("online", features)
     results = server._score_batch(FakeScorer(), [_request(i) for i in range(3)])
     assert [r["status"] for r in results] == [503] * 3 and "online store unreachable" in results[0]["error"]

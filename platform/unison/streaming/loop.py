@@ -1,7 +1,10 @@
-"""The streaming loops: consumers of leased partitions that poll a topic, handle each batch, and commit.
+"""The consumer loop both streaming deployments share: poll the leased partitions, handle each batch, commit.
 
-`TopicConsumer` is the loop both streaming deployments share; `TicketStream` scores tickets from the input
-topic into the output topic, and `unison.streaming.events.FeatureEventStream` pushes feature events into Feast.
+Longer than 500 lines: the at-least-once ordering (poll, handle, flush, acknowledgements, commit, leases, retry
+and isolation of a failed poll) is one set of invariants; it reads, and is tested, as one loop.
+
+`ConsumerLoop` is the loop; `unison.streaming.tickets.TicketStream` scores tickets from the input topic into the
+output topic, and `unison.streaming.events.FeatureEventStream` pushes feature events into Feast.
 At-least-once: for each polled batch, results (and dead letters) are produced and the producer is flushed --
 every record acknowledged by the broker -- before the batch's offsets are committed. A crash between produce
 and commit replays the batch (duplicate outputs, never lost ones); every output carries its input's topic,
@@ -26,16 +29,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from unison.config import KafkaConfig
-from unison.features.ticket import Ticket, first_error
 from unison.ops import metrics
-from unison.ops.window import RollingWindow
+from unison.ops.window import ThroughputWindow
 from unison.streaming.failures import backoff, classify
 from unison.streaming.lag import LagWatch
 from unison.streaming.ownership import Coordinator, Ownership, ray_coordinator
@@ -88,14 +89,6 @@ class ConsumerConfig(BaseModel):
         return self
 
 
-class StreamConfig(ConsumerConfig):
-    """The ticket-scoring deployment's `user_config`."""
-
-    group_id: str = Field(default="unison-scorer", description="Kafka consumer group id the replicas commit "
-                                                               "offsets to.")
-    max_text_chars: int = Field(default=20_000, ge=1, description="Longer subject + body goes to the DLQ.")
-
-
 @dataclass
 class StreamStats:
     polls: int = 0
@@ -133,24 +126,7 @@ def json_object(value: bytes | None, max_bytes: int) -> tuple[dict[str, Any] | N
     return payload, None
 
 
-def decode(value: bytes | None, max_text_chars: int) -> tuple[Ticket | None, str | None]:
-    """The ticket in a message, or the reason it cannot be scored."""
-    payload, reason = json_object(value, MAX_MESSAGE_BYTES)
-    if payload is None:
-        return None, reason
-    try:
-        ticket = Ticket.model_validate(payload)
-    except ValidationError as exc:
-        return None, first_error(exc)
-    if ticket.text_chars() > max_text_chars:
-        return None, f"text has {ticket.text_chars()} characters, more than {max_text_chars}"
-    return ticket, None
-
-
-Scorer = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, str]]]
-
-
-class TopicConsumer:
+class ConsumerLoop:
     """One consumer of a topic: poll the partitions it holds leases on, `handle` the batch (its sends and dead
     letters), flush, check every acknowledgement, commit. Subclasses implement `handle`.
 
@@ -169,7 +145,7 @@ class TopicConsumer:
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
         self.lag = lag
-        self.window = RollingWindow()  # the last minute: records handled, record-to-result seconds
+        self.window = ThroughputWindow()  # the last minute: records handled, record-to-result seconds
         self.stats = StreamStats()
         self.ownership = Ownership(
             coordinator or (lambda: ray_coordinator(config.group_id, topic)), self.name,
@@ -540,73 +516,3 @@ def source(record: Any) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-class TicketStream(TopicConsumer):
-    """Scores tickets into the output topic. `score(tickets)` returns one result per ticket plus common
-    headers."""
-
-    name = "stream"
-
-    def __init__(self, kafka: KafkaConfig, bootstrap_servers: str, config: StreamConfig, score: Scorer,
-                 lag: LagWatch | None = None, coordinator: Callable[[], Coordinator] | None = None) -> None:
-        super().__init__(kafka, bootstrap_servers, config, kafka.input_topic, kafka.dead_letter_topic, lag,
-                         coordinator)
-        self.config: StreamConfig = config
-        self.score = score
-        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="unison-score")  # one poll scored at a time
-
-    def begin(self, records: list[Any]) -> Callable[[], None]:
-        """Decode now and start the model on the good tickets in the scoring thread; the returned call waits for
-        it and sends the outputs and dead letters."""
-        good: list[tuple[Any, Ticket]] = []
-        bad: list[tuple[Any, str]] = []
-        for record in records:
-            ticket, reason = decode(record.value, self.config.max_text_chars)
-            if ticket is None:
-                bad.append((record, reason or "invalid"))
-            else:
-                good.append((record, ticket))
-        started = time.perf_counter()
-        scoring = self._scoring.submit(self.score, [t.model_dump(exclude={"created_at"}) for _, t in good]) \
-            if good else None
-
-        def complete() -> None:
-            scored = scoring.result() if scoring is not None else None  # raises before anything is sent
-            for record, reason in bad:
-                self.dead_letter(record, reason)
-            if scored is not None:
-                self._send_results(good, *scored, (time.perf_counter() - started) * 1000)
-
-        return complete
-
-    def handle(self, records: list[Any]) -> None:
-        self.begin(records)()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        super().stop(timeout)
-        self._scoring.shutdown(wait=False, cancel_futures=True)
-
-    def _send_results(self, good: list[tuple[Any, Ticket]], results: list[dict[str, Any]], headers: dict[str, str],
-                      latency_ms: float) -> None:
-        member = self.ownership.member.encode()
-        scored: dict[str, int] = {}
-        for (record, ticket), result in zip(good, results, strict=True):
-            if "error" in result:
-                # Unscorable for a reason of the ticket itself (the model refused it): dead-letter it.
-                self.dead_letter(record, str(result["error"]))
-                continue
-            waited_ms = time.time() * 1000 - record.timestamp if record.timestamp and record.timestamp > 0 else -1
-            # The dedupe key in the value too, for sinks that drop headers: at-least-once may repeat an output.
-            result = {**result, "result_id": f"{source(record)}/{result.get('model_name')}:"
-                                             f"{result.get('model_version')}"}
-            self.send(self.kafka.output_topic, ticket.ticket_id.encode(), json.dumps(result).encode(),
-                      [*((k, v.encode()) for k, v in headers.items()),
-                       ("latency_ms", f"{latency_ms:.1f}".encode()),
-                       ("event_latency_ms", f"{waited_ms:.1f}".encode()),
-                       ("source", source(record).encode()), ("consumer", member)])
-            self.stats.scored += 1
-            scored[record.topic] = scored.get(record.topic, 0) + 1
-            if waited_ms >= 0:
-                metrics.observe("unison_stream_event_duration_seconds", waited_ms / 1000, topic=record.topic)
-                self.window.add(waited_ms / 1000)
-        for topic, count in scored.items():  # one counter update per poll, not per record
-            metrics.inc("unison_stream_records_total", count, topic=topic, outcome="scored")

@@ -1,0 +1,5 @@
+"""`python -m unison.cli`."""
+
+from unison.cli import main
+
+main()
