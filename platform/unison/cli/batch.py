@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 
+from unison.batch.config import BatchJobConfig
 from unison.cli.common import _fail, _settings, console
 
 app = typer.Typer(
@@ -16,27 +18,35 @@ app = typer.Typer(
 )
 
 
-@app.command("submit")
+# Flags the job's own options do not name the way the CLI always has.
+_ALIASES = {"object_store_memory_bytes": ["--object-store-memory"]}
+
+
+def _job_parameters() -> list[inspect.Parameter]:
+    """One option per BatchJobConfig field, its description as help: the flags of `pipelines/batch_predict.py`,
+    so the two entry points cannot drift (defaults included: an empty model, variant or device means
+    `settings.model`'s, as online and stream score)."""
+    params = []
+    for name, field in BatchJobConfig.model_fields.items():
+        annotation: Any = field.annotation
+        optional = type(None) in get_args(annotation)
+        inner = next((a for a in get_args(annotation) if a is not type(None)), annotation) if optional else annotation
+        kind: Any = str if get_origin(inner) is Literal else inner
+        choices = f" ({' | '.join(map(str, get_args(inner)))})" if get_origin(inner) is Literal else ""
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag, *_ALIASES.get(name, [])]
+        option = typer.Option(*decls, help=(field.description or "") + choices)
+        default = inspect.Parameter.empty if field.is_required() else field.default
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[kind | None if optional else kind, option]))
+    return params
+
+
 def batch_submit(
-    tickets: Annotated[str, typer.Option(help="Input Parquet (path or URI).")],
-    output: Annotated[str, typer.Option(help="Output directory (path or URI).")],
-    model: Annotated[str, typer.Option(help="Registry reference.")] = "triage:production",
-    variant: Annotated[str, typer.Option(help="fp32 | int8 | fp16.")] = "int8",
-    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Rows per scoring call.")] = 1024,
-    actors: Annotated[int | None, typer.Option(help="Scoring actors. Default: sized from the cluster.")] = None,
-    cpus_per_actor: Annotated[float, typer.Option(help="CPUs reserved per actor (less when fewer are free).")] = 1.0,
-    join_cpus: Annotated[float, typer.Option(help="CPUs reserved per point-in-time join task.")] = 0.5,
-    task_cpus: Annotated[float, typer.Option(help="CPUs reserved per read, validate and write task.")] = 0.25,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (fractions allowed).")] = 0.0,
-    actor_placement: Annotated[str, typer.Option(help="DEFAULT (pack where free) | SPREAD (one actor per node "
-                                                      "where possible, e.g. one per GPU node).")] = "DEFAULT",
-    object_store_memory: Annotated[int | None, typer.Option(help="Cap on the job's object store use, "
-                                                            "bytes.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run id. Default: timestamp + random suffix.")] = None,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as the job's working dir "
-                                              "(must contain pipelines/ and features/).")] = Path("."),
-    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the logs until the job ends.")] = True,
+    *,
+    working_dir: Path = Path("."),
+    follow: bool = True,
+    **job: Any,
 ) -> None:
     """Submit the batch job through Ray's job SDK to the configured cluster (the embedded stack by default),
     print the job id and the equivalent `ray job submit` command, and follow its logs.
@@ -44,20 +54,15 @@ def batch_submit(
     Paths to the registry, data and feature store are passed to the job as absolute UNISON_* variables.
     Exit code: 0 when the job succeeded, 1 when it failed (or, with --no-follow, when submission failed).
     """
-    from unison.batch.job import BatchJobConfig
     from unison.batch.submit import submit
     from unison.ops import stack
 
     settings = _settings()
     # The job runs in its own copy of the working dir: a relative local path must mean the same file here.
-    tickets, output = (str(Path(u).resolve()) if "://" not in u else u for u in (tickets, output))
+    for key in ("tickets", "output"):
+        job[key] = str(Path(job[key]).resolve()) if "://" not in job[key] else job[key]
     try:
-        config = BatchJobConfig(tickets=tickets, output=output, model=model, variant=variant, device=device,  # type: ignore[arg-type]
-                                batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                                join_cpus=join_cpus, task_cpus=task_cpus, gpus_per_actor=gpus_per_actor,
-                                actor_placement=actor_placement,  # type: ignore[arg-type]
-                                object_store_memory_bytes=object_store_memory,
-                                run_id=run_id)
+        config = BatchJobConfig.model_validate({k: v for k, v in job.items() if v is not None})
     except ValueError as exc:
         _fail(str(exc), code=2)
     if not (working_dir / "pipelines" / "batch_predict.py").is_file():
@@ -73,3 +78,14 @@ def batch_submit(
     console.print(f"  logs: ray job logs --address {dashboard} {job.job_id}", markup=False)
     if follow and job.status != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+batch_submit.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *_job_parameters(),
+    inspect.Parameter("working_dir", inspect.Parameter.KEYWORD_ONLY, default=Path("."), annotation=Annotated[
+        Path, typer.Option(help="Directory uploaded as the job's working dir (must contain pipelines/ and "
+                                "features/).")]),
+    inspect.Parameter("follow", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Stream the logs until the job ends.")]),
+])
+app.command("submit")(batch_submit)

@@ -167,3 +167,44 @@ def test_the_job_fits_beside_an_application_holding_most_cpus(platform_settings:
             if job is not None and str(client.get_job_status(job.job_id).value) not in {"SUCCEEDED", "FAILED",
                                                                                           "STOPPED"}:
                 client.stop_job(job.job_id)
+
+
+def test_the_job_runs_the_predictor_the_settings_describe(platform_settings: Settings, endpoints, tickets,
+                                                          tmp_path: Path) -> None:
+    """Non-default model settings (`fp32`, `execution=buckets`, `max_length=64`, `intra_op_threads=1`,
+    `bucket_size=8`) reach the scoring actors: the job's answers equal the data plane's with the Predictor the
+    online and streaming replicas build from the same settings. fp32 padded buckets agree with each other to ~1e-7
+    whatever the batch; a Predictor at the artifact's own token limit or in `rows` execution would differ more on
+    the long tickets (some are truncated at 64 tokens)."""
+    from unison.model.scoring import DataPlane, ScoredTickets
+
+    path, _ = tickets
+    model = platform_settings.model.model_copy(update={"variant": "fp32", "execution": "buckets", "max_length": 64,
+                                                       "intra_op_threads": 1, "bucket_size": 8})
+    settings = platform_settings.model_copy(update={"model": model})
+    output = tmp_path / "out"
+    config = BatchJobConfig(tickets=str(path), output=str(output), batch_size=128)
+    command = [str(BIN / "ray"), "job", "submit", "--address", endpoints.ray_dashboard_url, "--working-dir",
+               str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_environment(settings)}), "--",
+               *entrypoint(config).split()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    predictions, manifest = _read(output)
+    assert manifest["variant"] == "fp32" and set(predictions["variant"]) == {"fp32"}
+
+    frame = pd.read_parquet(path).head(N_TICKETS)
+    longest = frame.assign(n=frame["body"].str.len()).nlargest(10, "n").drop(columns="n")
+    sample = pd.concat([longest, frame.drop(longest.index).sample(30, random_state=2)])
+    joined = Features(settings).historical(sample, timestamp_column="created_at")
+    predictor = Predictor.from_registry(Registry(settings.model.registry_dir), "triage:production",
+                                        PredictorOptions.from_config(settings.model))
+    assert predictor.execution == "buckets" and predictor.max_length == 64
+    [scored] = DataPlane("parity").score(predictor, joined)
+    assert isinstance(scored, ScoredTickets) and scored.predictions.truncated.sum() >= 5
+    want = scored.frame().set_index("ticket_id")
+    got = predictions.set_index("ticket_id").loc[want.index]
+    columns = [f"p_{label}" for label in predictor.manifest.labels] + ["priority"]
+    np.testing.assert_allclose(got[columns].to_numpy(np.float32), want[columns].to_numpy(np.float32), atol=1e-5)
+    assert got["category"].tolist() == want["category"].tolist()
+    assert got["input_digest"].tolist() == want["input_digest"].tolist()
+    assert got["truncated"].tolist() == want["truncated"].tolist()
