@@ -3,7 +3,11 @@ scoring shells' error isolation, a consumer's own loop); the real ones are exerc
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pandas as pd
@@ -66,3 +70,44 @@ class LocalCoordinator:
     def leave(self, member: str) -> None:
         with self._lock:
             self.table.leave(member)
+
+
+@contextlib.contextmanager
+def json_server(routes: dict[str, tuple[int, Any]]) -> Iterator[str]:
+    """A real HTTP server on a free loopback port (a stand-in for the Serve proxy or Ray's dashboard): GET `path`
+    answers `routes[path]` = (status, body), read at each request, the body JSON-encoded unless it is a str;
+    any other path 404. Yields its base URL; `routes` is cleared afterwards."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = routes.get(self.path, (404, {"error": "not found"}))
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        routes.clear()
+
+
+def skeleton_registry(root: Any) -> Any:
+    """A registry of empty version directories (no artifacts): triage 1-3 with production->2 and staging->3, spam
+    1 without aliases; enough for alias and version resolution."""
+    from unison.model import Registry
+
+    for name, versions in (("triage", ["1", "2", "3"]), ("spam", ["1"])):
+        for version in versions:
+            (root / name / version).mkdir(parents=True)
+    (root / "triage" / "aliases.json").write_text(json.dumps({"production": "2", "staging": "3"}))
+    return Registry(root)

@@ -4,13 +4,13 @@ repository defines them, the push schema, the vocabulary and the text limit."""
 import ast
 import importlib
 import importlib.util
-import json
 import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.fakes import skeleton_registry
 
 from unison import domain
 from unison.domain import CUSTOMER_ACTIVITY, CUSTOMER_PROFILE, FEATURE_VIEWS, MAX_TEXT_CHARS, ModelRef
@@ -97,11 +97,7 @@ def test_select_is_the_one_set_of_alias_rules() -> None:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
-    for name, versions in (("triage", ["1", "2", "3"]), ("spam", ["1"])):
-        for version in versions:
-            (tmp_path / name / version).mkdir(parents=True)
-    (tmp_path / "triage" / "aliases.json").write_text(json.dumps({"production": "2", "staging": "3"}))
-    return Registry(tmp_path)
+    return skeleton_registry(tmp_path)
 
 
 @pytest.mark.parametrize("ref", ["triage", "triage:production", "triage:staging", "triage:latest", "triage:1",

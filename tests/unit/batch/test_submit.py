@@ -2,13 +2,12 @@
 
 import json
 import shlex
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.fakes import json_server
 
 from unison.batch.job import BatchJobConfig
 from unison.batch.submit import entrypoint, job_output, job_summary, last_batch_job, latest_job
@@ -51,29 +50,12 @@ def test_job_summary_reads_the_success_manifest(tmp_path: Path) -> None:
 JOBS: list[dict[str, Any]] = []
 
 
-class _Jobs(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        data = json.dumps(JOBS if self.path == "/api/jobs/" else {"error": self.path}).encode()
-        self.send_response(200 if self.path == "/api/jobs/" else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def dashboard() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Jobs)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        JOBS.clear()
+    JOBS.clear()
+    with json_server({"/api/jobs/": (200, JOBS)}) as url:  # the list is read at each request
+        yield url
+    JOBS.clear()
 
 
 def test_last_batch_job_asks_the_job_server(dashboard: str, tmp_path: Path) -> None:

@@ -2,13 +2,12 @@
 (`/v1/ops`, `/v1/models`) and the Ray dashboard (`/api/serve/applications/`, `/api/jobs/`)."""
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.fakes import json_server
 from typer.testing import CliRunner
 
 from unison.cli import app
@@ -17,29 +16,17 @@ from unison.ops import stack
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("clean_env")  # no UNISON_* variables, an empty working dir
 
-ROUTES: dict[str, Any] = {}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = ROUTES.get(self.path)
-        data = json.dumps(body).encode()
-        self.send_response(404 if body is None else 200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+ROUTES: dict[str, tuple[int, Any]] = {}
 
 
 @pytest.fixture
 def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    port = str(httpd.server_address[1])
+    with json_server(ROUTES) as url:
+        yield from _running(url, tmp_path, monkeypatch)
+
+
+def _running(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = url.rsplit(":", 1)[1]
     for key, value in {"UNISON_SERVING__HTTP_HOST": "127.0.0.1", "UNISON_SERVING__HTTP_PORT": port,
                        "UNISON_RAY__ADDRESS": "127.0.0.1:1", "UNISON_RAY__DASHBOARD_URL": url,
                        "UNISON_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:2"}.items():
@@ -50,7 +37,7 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     output = tmp_path / "predictions"
     output.mkdir()
     (output / "_SUCCESS").write_text(json.dumps({"rows_per_second": 2500.5, "rows_out": 1000}))
-    ROUTES.update({
+    ROUTES.update({path: (200, body) for path, body in {
         "/v1/ops": {"ready": True, "models": {"loaded": ["triage:1:int8"], "default_id": "triage:1:int8"},
                     "deployments": [{"application": "unison", "deployment": "Model", "status": "HEALTHY",
                                      "running": 1, "replicas": 1}],
@@ -64,13 +51,8 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                                                "provider": "CPUExecutionProvider", "weight_bytes": 2**21}]}},
         "/api/jobs/": [{"submission_id": "raysubmit_x", "status": "SUCCEEDED", "start_time": 3,
                         "entrypoint": f"python pipelines/batch_predict.py --output {output}"}],
-    })
-    try:
-        yield url
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        ROUTES.clear()
+    }.items()})
+    yield url
 
 
 def test_status_shows_every_part(running: str) -> None:

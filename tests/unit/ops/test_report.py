@@ -1,12 +1,10 @@
 """`unison status`'s live figures over HTTP, against a real local server standing in for the Serve proxy."""
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from tests.unit.fakes import json_server
 
 from unison.ops import report
 from unison.ops.stack import free_ports
@@ -15,32 +13,11 @@ from unison.ops.stack import free_ports
 ROUTES: dict[str, tuple[int, Any]] = {}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        status, body = ROUTES.get(self.path, (404, {"error": "not found"}))
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
     ROUTES.clear()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        ROUTES.clear()
+    with json_server(ROUTES) as url:
+        yield url
 
 
 def test_ops_report_adds_the_address(server: str) -> None:

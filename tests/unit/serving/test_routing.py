@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.unit.fakes import skeleton_registry
 
 from unison.model import Registry
 from unison.serving.routing import Router, UnknownModel
@@ -12,11 +13,7 @@ from unison.serving.routing import Router, UnknownModel
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
-    for name, versions in (("triage", ["1", "2", "3"]), ("spam", ["1"])):
-        for version in versions:
-            (tmp_path / name / version).mkdir(parents=True)
-    (tmp_path / "triage" / "aliases.json").write_text(json.dumps({"production": "2", "staging": "3"}))
-    return Registry(tmp_path)
+    return skeleton_registry(tmp_path)
 
 
 def test_aliases_versions_and_defaults(registry: Registry) -> None:
