@@ -43,7 +43,7 @@ def main() -> int:
 
     settings = load_settings()
     registry = Registry(settings.model.registry_dir)
-    artifact = registry.load(args.model or f"{settings.model.name}:{settings.model.alias}", [args.variant])
+    artifact = registry.load(args.model or settings.model.ref, [args.variant])
     info = artifact.manifest.variants[args.variant]
     if not info.stages:
         print(f"{artifact.ref} {args.variant} has no stage splits; rebuild it with `unison optimize`", file=sys.stderr)

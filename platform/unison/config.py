@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from unison.domain import DEFAULT_ALIAS, MODEL_NAME_PATTERN
+
 ENV_PREFIX = "UNISON_"
 DEFAULT_CONFIG_FILE = "unison.yaml"
 
@@ -265,8 +267,8 @@ class ModelConfig(_Strict):
         default=Path(".unison/registry"),
         description="Root of the model registry: `<registry>/<name>/<version>/` artifacts plus aliases.",
     )
-    name: str = Field(default="triage", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model name served by default.")
-    alias: str = Field(default="production", description="Version alias (or version number) served by default.")
+    name: str = Field(default="triage", pattern=MODEL_NAME_PATTERN, description="Model name served by default.")
+    alias: str = Field(default=DEFAULT_ALIAS, description="Version alias (or version number) served by default.")
     variant: Literal["fp32", "int8", "fp16"] = Field(
         default="int8", description="Artifact variant: int8 for CPU, fp16 for GPU, fp32 as the exact reference."
     )
@@ -305,6 +307,11 @@ class ModelConfig(_Strict):
         description="Placement-group strategy of the stage bundles: PACK (one machine when it fits), STRICT_SPREAD "
         "(one node per stage: the large-model case), SPREAD, STRICT_PACK.",
     )
+
+    @property
+    def ref(self) -> str:
+        """`name:alias`: the registry reference every path serves by default."""
+        return f"{self.name}:{self.alias}"
 
 
 class ServingConfig(_Strict):

@@ -197,7 +197,7 @@ def run(settings: Settings, config: ParityConfig, progress: Any = print) -> Pari
     tickets = sample_tickets(settings, config.sample, config.seed, snapshot + timedelta(seconds=1), run_id)
     ids = tickets["ticket_id"].tolist()
     registry = Registry(settings.model.registry_dir)
-    reference = f"{settings.model.name}:{settings.model.alias}"
+    reference = settings.model.ref
     labels = list(registry.load(reference).manifest.labels)
     work = (settings.state_dir / "parity" / run_id).resolve()  # absolute: the batch job runs elsewhere
     work.mkdir(parents=True, exist_ok=True)
@@ -238,9 +238,9 @@ def _batch(settings: Settings, config: ParityConfig, tickets: pd.DataFrame, work
     tickets.to_parquet(source, index=False)
     output = work / "batch"
     # One actor: the job runs next to the Serve application, and sizes its reservations from the CPUs left free.
-    job_config = BatchJobConfig(tickets=str(source), output=str(output),
-                                model=f"{settings.model.name}:{settings.model.alias}", variant=settings.model.variant,
-                                partition_by_date=False, run_id=f"parity-{work.name}", actors=1)
+    # Model, variant and device left empty: the job scores with `settings.model`'s, as the other two paths.
+    job_config = BatchJobConfig(tickets=str(source), output=str(output), partition_by_date=False,
+                                run_id=f"parity-{work.name}", actors=1)
     progress(f"batch: submitting the job for {len(tickets)} tickets")
     started = time.perf_counter()
     job = submit(settings, job_config, endpoints(settings).ray_dashboard_url, config.working_dir, follow=True,

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "unison"
 # room -> rooms it may import (keep in step with the table in docs/ARCHITECTURE.md)
 ALLOWED: dict[str, set[str]] = {
     "domain": set(),
-    "config": set(),
+    "config": {"domain"},
     "data": {"domain"},
     "features": {"domain", "data", "config", "ops"},
     "model": {"domain", "config", "data", "features", "ops"},

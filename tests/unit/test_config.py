@@ -109,3 +109,10 @@ def test_environment_rebuilds_the_settings_in_another_process(tmp_path, monkeypa
     assert rebuilt.model == settings.model.model_copy(update={"registry_dir": settings.model.registry_dir.resolve()})
     assert rebuilt.kafka.sasl_password is not None and rebuilt.kafka.sasl_password.get_secret_value() == "pw"
     assert rebuilt.kafka.topics == settings.kafka.topics
+
+
+def test_the_default_model_reference_is_name_and_alias() -> None:
+    from unison.config import load_settings
+
+    assert load_settings().model.ref == "triage:production"
+    assert load_settings(model={"name": "spam", "alias": "staging"}).model.ref == "spam:staging"

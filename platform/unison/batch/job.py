@@ -210,7 +210,7 @@ def run(config: BatchJobConfig, settings: Settings) -> dict[str, Any]:
     clock = time.perf_counter()
     run_id = config.run_id or f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     # What the job leaves empty is what the online and streaming paths use: the `model` section.
-    config = config.model_copy(update={"model": config.model or f"{settings.model.name}:{settings.model.alias}",
+    config = config.model_copy(update={"model": config.model or settings.model.ref,
                                        "variant": config.variant or settings.model.variant,
                                        "device": config.device or settings.model.device})
     if not ray.is_initialized():

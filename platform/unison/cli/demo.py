@@ -16,6 +16,7 @@ from unison.cli.common import _fail, _settings, console, print_all
 from unison.cli.data import generate_data
 from unison.cli.format import format_freshness, format_parity, format_status
 from unison.config import Settings
+from unison.domain import DEFAULT_ALIAS
 
 
 def demo(
@@ -123,7 +124,7 @@ def _demo_model(settings: Settings) -> None:
     result = optimize(OptimizeOptions(name=settings.model.name, data_dir=settings.data.dir, eval_rows=500,
                                       bench_rounds=15), registry, progress=lambda m: console.print(f"  {m}"))
     assert result.artifact is not None
-    if "production" not in registry.aliases(settings.model.name):
+    if DEFAULT_ALIAS not in registry.aliases(settings.model.name):
         registry.promote(settings.model.name, result.artifact.manifest.version)
     report = result.artifact.path / "report" / "benchmark.md"
     if report.exists():
@@ -166,7 +167,8 @@ def _score(settings: Settings, tickets: Any, online: bool) -> tuple[Any, Any]:
     from unison.model import Predictor, PredictorOptions, Registry
     from unison.model.scoring import DataPlane, Failure
 
-    predictor = Predictor.from_registry(Registry(settings.model.registry_dir), f"{settings.model.name}:production",
+    ref = f"{settings.model.name}:{DEFAULT_ALIAS}"
+    predictor = Predictor.from_registry(Registry(settings.model.registry_dir), ref,
                                         PredictorOptions.from_config(settings.model))
     [outcome] = DataPlane("demo", Features(settings) if online else None).score(predictor, tickets)
     if isinstance(outcome, Failure):
@@ -183,8 +185,7 @@ def _demo_batch(settings: Settings) -> float:
     if not (working_dir / "pipelines" / "batch_predict.py").is_file():
         _fail(f"{working_dir} has no pipelines/batch_predict.py: run the demo from the project directory")
     output = (settings.state_dir / "demo" / "predictions").resolve()  # the job runs in its own working dir
-    config = BatchJobConfig(tickets=str((settings.data.dir / "tickets.parquet").resolve()), output=str(output),
-                            model=f"{settings.model.name}:{settings.model.alias}", variant=settings.model.variant)
+    config = BatchJobConfig(tickets=str((settings.data.dir / "tickets.parquet").resolve()), output=str(output))
     job = submit(settings, config, endpoints(settings).ray_dashboard_url, working_dir, follow=True,
                  on_log=lambda line: None)
     console.print(f"  the same job from a shell:\n    {job.command}")

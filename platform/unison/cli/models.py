@@ -9,6 +9,7 @@ import typer
 
 from unison.cli.common import _fail, _settings, console, print_all
 from unison.cli.format import format_manifest, format_models
+from unison.domain import DEFAULT_ALIAS
 
 if TYPE_CHECKING:
     from unison.model.manifest import Manifest
@@ -68,7 +69,7 @@ def models_show(
 @app.command("promote")
 def models_promote(
     ref: Annotated[str, typer.Argument(help="The version to promote, e.g. triage:3 or triage:latest.")],
-    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = DEFAULT_ALIAS,
 ) -> None:
     """Point an alias (default `production`) at a version, after verifying its checksums."""
     from unison.domain import ModelRef

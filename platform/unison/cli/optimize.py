@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from unison.cli.common import _fail, _settings, console
+from unison.domain import DEFAULT_ALIAS
 
 
 def optimize_command(
@@ -67,7 +68,7 @@ def optimize_command(
     for label, path in result.report.items():
         console.print(f"  report ({label}): {path}")
     ref = result.artifact.ref
-    if promote or (promote is None and "production" not in registry.aliases(result.artifact.manifest.name)):
+    if promote or (promote is None and DEFAULT_ALIAS not in registry.aliases(result.artifact.manifest.name)):
         registry.promote(result.artifact.manifest.name, result.artifact.manifest.version)
-        console.print(f"  production -> {ref}")
+        console.print(f"  {DEFAULT_ALIAS} -> {ref}")
     console.print(f"  {'reused' if result.cached else 'built'} {ref} in {result.seconds:.0f}s")

@@ -9,6 +9,7 @@ import typer
 
 from unison.cli.common import _fail, _settings, console
 from unison.cli.format import format_serve_status
+from unison.domain import DEFAULT_ALIAS
 
 app = typer.Typer(
     help="The online Serve application: Unison's JSON API (/v1/predict), the Open Inference Protocol v2 (/v2) "
@@ -86,7 +87,7 @@ def serve_canary(
     model: Annotated[str, typer.Argument(help="Model name, e.g. triage.")],
     version: Annotated[str | None, typer.Argument(help="Canary version. Omit with --off.")] = None,
     weight: Annotated[float, typer.Option(help="Fraction of the alias's traffic sent to the canary.")] = 0.1,
-    alias: Annotated[str, typer.Option(help="The alias whose traffic is split.")] = "production",
+    alias: Annotated[str, typer.Option(help="The alias whose traffic is split.")] = DEFAULT_ALIAS,
     off: Annotated[bool, typer.Option("--off", help="Remove the model's canary split.")] = False,
 ) -> None:
     """Split live traffic between the alias's version and a canary version (e.g. 90/10), or stop splitting.

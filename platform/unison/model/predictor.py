@@ -70,6 +70,11 @@ class Predictions:
     def embedding(self) -> npt.NDArray[np.float32] | None:
         return self.outputs.get("embedding")
 
+    def rows(self, start: int, stop: int) -> Predictions:
+        """Rows [start, stop), everything else as it is."""
+        return replace(self, outputs={k: v[start:stop] for k, v in self.outputs.items()},
+                       token_counts=self.token_counts[start:stop], truncated=self.truncated[start:stop])
+
     def categories(self) -> list[str]:
         if self.probabilities is None:
             return []

@@ -248,7 +248,7 @@ class Registry:
             self.discard(staging)
             raise
 
-    def promote(self, name: str, version: str, alias: str = "production") -> dict[str, str]:
+    def promote(self, name: str, version: str, alias: str = DEFAULT_ALIAS) -> dict[str, str]:
         """Point `alias` at `version` (atomically); return all aliases of `name`."""
         problem = alias_problem(alias)
         if problem is not None:

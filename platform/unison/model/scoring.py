@@ -28,7 +28,7 @@ from unison.ops import metrics
 
 log = logging.getLogger("unison.scoring")
 
-Path = Literal["online", "stream", "batch", "demo", "parity"]
+ScoringPath = Literal["online", "stream", "batch", "demo", "parity"]
 
 
 class OnlineFeatures(Protocol):
@@ -82,20 +82,21 @@ class ScoredTickets:
 
     def rows(self, start: int, stop: int) -> ScoredTickets:
         """Rows [start, stop) (one request's share of a batch)."""
+        return ScoredTickets(self.tickets.iloc[start:stop], self.inputs.iloc[start:stop],
+                             self.predictions.rows(start, stop))
+
+    def _triage_outputs(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Probabilities and priority: what a Prediction needs (an encoder artifact has neither)."""
         p = self.predictions
-        part = Predictions(
-            model_name=p.model_name, model_version=p.model_version, variant=p.variant, labels=p.labels,
-            outputs={k: v[start:stop] for k, v in p.outputs.items()}, token_counts=p.token_counts[start:stop],
-            truncated=p.truncated[start:stop], execution=p.execution, device=p.device)
-        return ScoredTickets(self.tickets.iloc[start:stop], self.inputs.iloc[start:stop], part)
+        if p.probabilities is None or p.priority is None:
+            raise ValueError(f"{p.model_name}:{p.model_version} is not a triage model (no probabilities/priority)")
+        return p.probabilities, p.priority
 
     def frame(self) -> pd.DataFrame:
         """The predictions as columns (the batch job's Parquet rows): Prediction's fields, with the probabilities
         as one `p_<label>` column each."""
         p = self.predictions
-        probabilities, priority = p.probabilities, p.priority
-        if probabilities is None or priority is None:
-            raise ValueError(f"{p.model_name}:{p.model_version} is not a triage model (no probabilities/priority)")
+        probabilities, priority = self._triage_outputs()
         out = pd.DataFrame({
             "ticket_id": self.tickets["ticket_id"].astype(str).to_numpy(),
             "customer_id": self.tickets["customer_id"].astype("int64").to_numpy(),
@@ -113,9 +114,7 @@ class ScoredTickets:
     def records(self) -> list[Prediction]:
         """One typed Prediction per row."""
         p = self.predictions
-        probabilities, priority = p.probabilities, p.priority
-        if probabilities is None or priority is None:
-            raise ValueError(f"{p.model_name}:{p.model_version} is not a triage model (no probabilities/priority)")
+        probabilities, priority = self._triage_outputs()
         categories = p.categories()
         return [
             Prediction.model_construct(
@@ -169,7 +168,7 @@ class DataPlane:
     features, as in the batch job. `drift`: this replica's drift recorder, if the path reports drift.
     """
 
-    def __init__(self, path: Path, features: OnlineFeatures | None = None,
+    def __init__(self, path: ScoringPath, features: OnlineFeatures | None = None,
                  drift: DriftObserver | None = None) -> None:
         self.path = path
         self.features = features

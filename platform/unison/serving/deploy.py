@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from unison.config import Settings, environment
+from unison.domain import DEFAULT_ALIAS
 from unison.ops import serve_file
 from unison.ops.stack import Endpoints, endpoints, free_ports, port_open, ray_auth_headers
 
@@ -69,7 +70,7 @@ def canaries(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def set_canary(settings: Settings, name: str, version: str | None, weight: float = 0.0,
-               alias: str = "production") -> dict[str, dict[str, Any]]:
+               alias: str = DEFAULT_ALIAS) -> dict[str, dict[str, Any]]:
     """Record a canary split for `name` (None: remove it); the next `up` applies it in place."""
     from unison.model.registry import Registry
     from unison.serving.routing import Canary

@@ -140,7 +140,7 @@ class Ingress:
         self.drift = drift
         self.limits = ApiLimits.model_validate(limits or {})
         _limits["current"] = self.limits
-        default = default_model or f"{settings.model.name}:{settings.model.alias}"
+        default = default_model or settings.model.ref
         ref = ModelRef.parse(default)
         self.default = (ref.name, ref.tag)
         self.router = Router(Registry(settings.model.registry_dir), ref.name, settings.model.alias, warm_first=True)

@@ -153,7 +153,7 @@ class ModelServer:
 
         setup_logging()
         self.settings: Settings = load_settings()
-        self.default_ref = model or f"{self.settings.model.name}:{self.settings.model.alias}"
+        self.default_ref = model or self.settings.model.ref
         self.variant = variant or self.settings.model.variant
         self.registry = Registry(self.settings.model.registry_dir)
         default = ModelRef.parse(self.default_ref)

@@ -33,7 +33,7 @@ class Canary(BaseModel):
 
     version: str = Field(pattern=r"^\d+$", description="The canary version (a registered version number).")
     weight: float = Field(ge=0, le=1, description="Fraction of the alias's traffic sent to the canary (0.1 = 10%).")
-    alias: str = Field(default="production", description="The alias whose traffic is split.")
+    alias: str = Field(default=DEFAULT_ALIAS, description="The alias whose traffic is split.")
 
 
 class RoutingConfig(BaseModel):

@@ -52,7 +52,7 @@ class StreamConsumer:
 
         setup_logging()
         self.settings: Settings = load_settings()
-        self.ref = model or f"{self.settings.model.name}:{self.settings.model.alias}"
+        self.ref = model or self.settings.model.ref
         self.variant = variant or self.settings.model.variant
         self.registry = Registry(self.settings.model.registry_dir)
         self.feature_service = feature_service_name()

@@ -95,7 +95,7 @@ def test_shifted_inputs_are_flagged(serve_settings: Settings, url: str,
 
 def test_the_stream_path_is_counted_too(serve_settings: Settings, url: str) -> None:
     serving = Registry(serve_settings.model.registry_dir)
-    model = ":".join(serving.resolve(f"{serve_settings.model.name}:{serve_settings.model.alias}"))
+    model = ":".join(serving.resolve(serve_settings.model.ref))
     before = next((r["rows"] for r in httpx.get(f"{url}/v1/drift", timeout=30).json()["models"]
                    if r["model"] == model and r["path"] == "stream"), 0)
     tickets = _tickets(serve_settings, 60, seed=2)
