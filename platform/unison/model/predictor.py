@@ -150,7 +150,7 @@ class Predictor:
         self.variant = variant
         self.bucket_size = options.bucket_size
         self.max_text_chars = options.max_text_chars
-        self.max_length = manifest.token_limit(options.max_length)
+        self.max_length = min(options.max_length or manifest.max_length, manifest.max_length)
         self.tokenizer = load_tokenizer(artifact.path / "tokenizer", self.max_length)
         self.pad_id = pad_token_id(artifact.path / "tokenizer", self.tokenizer)
         self.input_names = manifest.input_names()

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from unison.config import KafkaConfig, ModelConfig, ServeRuntime
+from unison.config import KafkaConfig, ModelConfig
 from unison.ops import serve_file
 
 # Paths inside the images (docker/Dockerfile, docker/Dockerfile.gpu); a test holds them equal.
@@ -155,10 +155,6 @@ class KubeRayConfig(BaseModel):
                                                    "be in the image; docs/DEPLOY.md).")
     feast_registry_address: str = Field(default="feast-registry.feast.svc:5432/feast",
                                         description="Feast SQL registry `host:port/database` (ConfigMap).")
-    serve_runtime: ServeRuntime = Field(
-        default_factory=ServeRuntime,
-        description="Ray Serve's request path in every pod (ConfigMap): the same defaults as the embedded stack "
-                    "(`serving.runtime`: HAProxy ingress, throughput-optimized mode).")
     secret_name: str = Field(default="unison-credentials", pattern=_DNS_LABEL,
                              description="Secret holding the keys in SECRET_ENV (created by hand; never "
                                          "rendered).")
@@ -374,7 +370,6 @@ def configmap(config: KubeRayConfig) -> dict[str, Any]:
         "UNISON_MODEL__ALIAS": config.model_alias,
         "UNISON_MODEL__REGISTRY_DIR": REGISTRY_DIR,
         "UNISON_DATA__DIR": DATA_DIR,
-        **config.serve_runtime.environment(),  # Serve reads them when its processes start
     }
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(config, f"{config.name}-config", "config"),
             "data": data}

@@ -30,7 +30,6 @@ import requests
 from pydantic import BaseModel, Field
 
 from unison.config import KafkaConfig, Settings
-from unison.ops import haproxy
 
 STATE_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
@@ -184,7 +183,7 @@ def _ray_executable() -> str:
 
 def _start_ray(settings: Settings) -> ComponentState:
     names = ["gcs", "dashboard", "client_server", "node_manager", "object_manager", "metrics_export",
-             "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent", "haproxy_stats", "haproxy_metrics"]
+             "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     temp_dir = _ray_temp_dir(settings)
     address_file = temp_dir / "ray_current_cluster"
@@ -218,14 +217,7 @@ def _start_ray(settings: Settings) -> ComponentState:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            # Explicit, so a token left in ~/.ray/auth_token by some other Ray session does not silently switch
            # this head to token auth (and lock out every client that has no token).
-           "RAY_AUTH_MODE": settings.ray.auth_mode,
-           # Ray starts its workers at nice 15 (its `worker_niceness`), so any other process on the machine (a
-           # shell, a load generator, a client) preempts the model replicas; this stack serves: normal priority.
-           "RAY_worker_niceness": "0",
-           # Serve reads its request-path flags from the environment of the processes the node starts.
-           **settings.serving.runtime.environment()}
-    if settings.serving.runtime.proxy == "haproxy":
-        env.update(haproxy.environment(settings.state_dir, ports["haproxy_stats"], ports["haproxy_metrics"]))
+           "RAY_AUTH_MODE": settings.ray.auth_mode}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)

@@ -16,7 +16,7 @@ from ray.serve import Application
 
 from unison.serving.drift import DriftMonitor
 from unison.serving.ingress import Ingress
-from unison.serving.model_server import BatchingConfig, ModelServer
+from unison.serving.model_server import ModelServer
 from unison.serving.schema import ApiLimits
 from unison.streaming.deployment import FeatureEventConsumer, StreamConsumer
 
@@ -50,7 +50,7 @@ class AppArgs(ApiLimits):
 # the config file overrides every one of them.
 model_deployment = serve.deployment(
     ModelServer, name=MODEL, max_ongoing_requests=48, max_queued_requests=128,
-    user_config=BatchingConfig().model_dump(),
+    user_config={"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
     health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=20,
 )
 stream_deployment = serve.deployment(StreamConsumer, name=STREAM, num_replicas=1, max_ongoing_requests=8,
@@ -59,7 +59,7 @@ events_deployment = serve.deployment(FeatureEventConsumer, name=EVENTS, num_repl
                                      user_config={}, graceful_shutdown_timeout_s=20)
 drift_deployment = serve.deployment(DriftMonitor, name=DRIFT, num_replicas=1, max_ongoing_requests=64,
                                     user_config={})
-ingress_deployment = serve.deployment(Ingress, name=INGRESS, max_ongoing_requests=1024, max_queued_requests=256,
+ingress_deployment = serve.deployment(Ingress, name=INGRESS, max_ongoing_requests=64, max_queued_requests=256,
                                       user_config={"canaries": {}})
 
 

@@ -12,7 +12,6 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 
 import asyncio
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ from unison.serving.schema import (
     oip_response,
     oip_tickets,
 )
-from unison.serving.work import Admission, request_work
 
 log = logging.getLogger("unison.serving")
 OPS_PAGE = (Path(__file__).parent / "static" / "ops.html").read_text()
@@ -81,34 +79,6 @@ app = FastAPI(
 # One ingress replica per process: its limits, read by the body middleware before any parsing.
 _limits: dict[str, ApiLimits] = {"current": ApiLimits()}
 app.add_middleware(BodyGuard, limit=lambda: _limits["current"].max_body_bytes)
-_admission: dict[str, Admission] = {}  # the replica's, set by Ingress.__init__
-
-
-class AdmissionGate:
-    """503 + Retry-After for a scoring request while the model already has more work in flight than
-    `max_queued_s`, before its body is read or parsed: under overload, refusing must cost less than serving."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        admission = _admission.get("current")
-        if (scope["type"] == "http" and admission is not None and scope["method"] == "POST"
-                and scope.get("path", "").endswith(("/v1/predict", "/infer"))):
-            retry = admission.saturated()
-            if retry is not None:
-                await _error(503, *_overloaded(admission, retry))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _overloaded(admission: Admission, retry: float) -> tuple[str, dict[str, str]]:
-    """The 503's message and its Retry-After header."""
-    return (f"overloaded: the model has {admission.wait_s():.1f} s of work queued (limit {admission.max_queued_s:g} "
-            "s); retry later", {"Retry-After": str(max(1, math.ceil(retry)))})
-
-
-app.add_middleware(AdmissionGate)  # outermost: before the body guard reads anything
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -149,7 +119,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @app.exception_handler(RequestError)
 async def _refused(request: Request, exc: RequestError) -> JSONResponse:
-    return _error(exc.status, exc.message, exc.headers)
+    return _error(exc.status, exc.message)
 
 
 @serve.ingress(app)
@@ -170,9 +140,6 @@ class Ingress:
         self.drift = drift
         self.limits = ApiLimits.model_validate(limits or {})
         _limits["current"] = self.limits
-        self.admission = Admission(self.limits.max_queued_s)
-        _admission["current"] = self.admission
-        self.max_length = settings.model.max_length
         default = default_model or settings.model.ref
         ref = ModelRef.parse(default)
         self.default = (ref.name, ref.tag)
@@ -180,7 +147,7 @@ class Ingress:
         self._warmups: dict[str, asyncio.Task[None]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.window = ThroughputWindow()  # the last minute of scoring requests, for /v1/ops
-        self._manifests: dict[str, Any] = {}
+        self._label_cache: dict[str, list[str]] = {}
         self._replica: dict[str, Any] | None = None
         self._replica_at = 0.0
 
@@ -231,24 +198,12 @@ class Ingress:
         finally:
             self._warmups.pop(model_id, None)
 
-    def _manifest(self, name: str, version: str) -> Any:
-        """A version's manifest; artifacts are immutable, so each is read once, not per request."""
-        key = f"{name}:{version}"
-        if key not in self._manifests:
-            self._manifests[key] = self.router.registry.manifest(key)
-        return self._manifests[key]
-
     def _labels(self, name: str, version: str) -> list[str]:
-        return list(self._manifest(name, version).labels)
-
-    def _admit(self, route: Route, tickets: list[dict[str, Any]]) -> int:
-        """The request's work units, counted in flight; 503 with `Retry-After` at once when the model could not
-        finish the work already accepted plus this within `max_queued_s` (unison.serving.work)."""
-        work = request_work(tickets, self._manifest(route.name, route.version).token_limit(self.max_length))
-        retry = self.admission.admit(work)
-        if retry is not None:
-            raise RequestError(503, *_overloaded(self.admission, retry))
-        return work
+        """A version's labels; artifacts are immutable, so each manifest is read once, not per request."""
+        key = f"{name}:{version}"
+        if key not in self._label_cache:
+            self._label_cache[key] = list(self.router.registry.manifest(key).labels)
+        return self._label_cache[key]
 
     async def _call(self, response: Any, timeout: float) -> Any:
         try:
@@ -270,23 +225,17 @@ class Ingress:
     async def _predict(self, route: Route, tickets: list[dict[str, Any]], path: str) -> dict[str, Any]:
         started = time.perf_counter()
         status = 200
-        work = 0
         try:
-            work = self._admit(route, tickets)
             handle = self.model.options(multiplexed_model_id=route.model_id)
             result = await self._call(handle.predict.remote(tickets), self.limits.request_timeout_s)
             if "error" in result:
                 status = int(result.get("status", 503))
                 raise RequestError(status, result["error"])
-            batch = result.pop("batch", None)  # None from a replica of an older version during a rollout
-            if batch is not None:
-                self.admission.observe(batch["replica"], result["latency_ms"]["model"] / 1000, batch["work"])
             return result
         except RequestError as exc:
             status = exc.status
             raise
         finally:
-            self.admission.done(work)
             counts = self.counts.setdefault(route.model_id, {"requests": 0, "errors": 0, "canary": 0})
             counts["requests"] += 1
             counts["errors"] += status != 200

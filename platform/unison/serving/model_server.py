@@ -34,7 +34,6 @@ from unison.model.drift import DriftRecorder
 from unison.ops import metrics
 from unison.ops.logs import setup_logging
 from unison.serving.cache import CacheConfig, ModelCache, ModelTooLarge, release_memory, resident_bytes
-from unison.serving.work import Call, batch_cost, batch_size, request_work
 
 log = logging.getLogger("unison.serving")
 
@@ -49,11 +48,6 @@ class BatchingConfig(BaseModel):
 
     max_batch_size: int = Field(default=16, ge=1, le=1024,
                                 description="Most requests gathered into one batch (each may hold many tickets).")
-    max_batch_tokens: int = Field(
-        default=4096, ge=64,
-        description="Most work in one batch, in work units (estimated tokens plus a per-ticket cost: "
-        "unison.serving.work): short tickets fill big batches, a few long ones do not make a batch slow. A request "
-        "counts at least max_batch_tokens / max_batch_size, and a request larger than the budget rides alone.")
     batch_wait_timeout_s: float = Field(
         default=0.05, ge=0, le=1,
         description="Longest a request waits for others to join its batch. The wait is adaptive: none when the "
@@ -70,12 +64,11 @@ class ModelUserConfig(BatchingConfig):
 
 @dataclass
 class BatchStats:
-    """Counters of this replica's dynamic batching (fill ratio = batch cost / max_batch_tokens)."""
+    """Counters of this replica's dynamic batching (fill ratio = requests per batch / max_batch_size)."""
 
     batches: int = 0
     requests: int = 0
     rows: int = 0
-    work: int = 0
     fill_sum: float = 0.0
     model_seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
@@ -85,7 +78,6 @@ class BatchStats:
             "batches": self.batches, "requests": self.requests, "rows": self.rows,
             "mean_requests_per_batch": self.requests / self.batches if self.batches else 0.0,
             "mean_rows_per_batch": self.rows / self.batches if self.batches else 0.0,
-            "mean_work_per_batch": self.work / self.batches if self.batches else 0.0,
             "fill_ratio": self.fill_sum / self.batches if self.batches else 0.0,
             "model_seconds": self.model_seconds, "errors": dict(self.errors),
         }
@@ -105,7 +97,6 @@ class LoadedModel:
         self.predictor = predictor
         self.resident = resident
         self.seconds = seconds
-        self.max_length: int = predictor.max_length  # for the work estimate, after the predictor is closed too
         self._users = 0
         self._closing = False
         self._lock = threading.Lock()
@@ -311,11 +302,10 @@ class ModelServer:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply `user_config` (batching, cache budget) without a restart."""
         self.config = ModelUserConfig.model_validate(config or {})
-        self._score.set_max_batch_size(self.config.max_batch_tokens)  # batch_size_fn counts work units
+        self._score.set_max_batch_size(self.config.max_batch_size)
         self.cache.config = self.config.cache
-        log.info("batching: max_batch_size=%d max_batch_tokens=%d batch_wait_timeout_s=%.4f; cache budget %.0f MiB",
-                 self.config.max_batch_size, self.config.max_batch_tokens, self.config.batch_wait_timeout_s,
-                 self.config.cache.budget_bytes / 2**20)
+        log.info("batching: max_batch_size=%d batch_wait_timeout_s=%.4f; cache budget %.0f MiB",
+                 self.config.max_batch_size, self.config.batch_wait_timeout_s, self.config.cache.budget_bytes / 2**20)
 
     async def check_health(self) -> None:
         """Raise when a loaded model cannot answer; retry a failed default load or feature store now and then."""
@@ -353,7 +343,7 @@ class ModelServer:
             "feature_error": self.feature_error,
             "ready": error is None, "error": error, "loaded": loaded + list(self._preloaded),
             "feature_service": getattr(self, "feature_service", None), "batching": self.config.model_dump(
-                include={"max_batch_size", "max_batch_tokens", "batch_wait_timeout_s"}),
+                include={"max_batch_size", "batch_wait_timeout_s"}),
             "stats": self.stats.as_dict(), "cache": self.cache.report(), "versions": self.versions,
             "failed": {k: str(e) for k, (_, e) in self._failed.items()}, "replica_pid": os.getpid(),
             "stages": self._stage_placement(models_of=list(wrapper.models.values()) if wrapper is not None else []),
@@ -398,14 +388,14 @@ class ModelServer:
         except LookupError as exc:
             return _error(404, str(exc))
         arrived = time.perf_counter()
-        work = request_work(tickets, loaded.max_length)
-        cost = batch_cost(work, self.config.max_batch_tokens, self.config.max_batch_size)
         self._outstanding += 1
+        metrics.set_gauge("unison_model_queue_depth", self._outstanding, replica=self.replica)
         try:
             self._score.set_batch_wait_timeout_s(self._batch_wait())
-            result = await self._score(Call(arrived, tickets, loaded, work, cost))
+            result = await self._score((arrived, tickets, loaded))
         finally:
             self._outstanding -= 1
+            metrics.set_gauge("unison_model_queue_depth", self._outstanding, replica=self.replica)
         if "error" not in result:
             result["model_cache"] = "hit" if hit else "miss"
             result["latency_ms"]["load"] = (arrived - started) * 1000
@@ -426,19 +416,15 @@ class ModelServer:
         batches_ahead = -(-ahead // self.config.max_batch_size)
         return min(self._batch_seconds * batches_ahead, self.config.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=BatchingConfig().max_batch_tokens, batch_wait_timeout_s=0.0,
-                 batch_size_fn=batch_size)
-    async def _score(self, calls: list[Call]) -> list[dict[str, Any]]:
-        """One batch: each model's share in one Predictor call, run in a worker thread (never on the replica's
-        event loop, which keeps answering health checks and admitting requests meanwhile)."""
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _score(self, calls: list[tuple[float, list[dict[str, Any]], LoadedModel]]) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        metrics.set_gauge("unison_model_queue_depth", self._outstanding, replica=self.replica)  # once per batch
         results: list[dict[str, Any]] = [{} for _ in calls]
         by_model: dict[str, list[int]] = {}
-        for i, call in enumerate(calls):
-            by_model.setdefault(call.loaded.model_id, []).append(i)
+        for i, (_, _, loaded) in enumerate(calls):
+            by_model.setdefault(loaded.model_id, []).append(i)
         for indexes in by_model.values():
-            loaded = calls[indexes[0]].loaded
+            loaded = calls[indexes[0]][2]
             try:
                 predictor = loaded.acquire()
             except ModelLoadError as exc:
@@ -446,28 +432,24 @@ class ModelServer:
                     results[i] = _error(exc.status, str(exc))
                 continue
             try:
-                scored = await asyncio.to_thread(self._score_batch, predictor, [calls[i].tickets for i in indexes])
+                scored = await asyncio.to_thread(self._score_batch, predictor, [calls[i][1] for i in indexes])
             finally:
                 loaded.release()
             for i, result in zip(indexes, scored, strict=True):
                 results[i] = result
         finished = time.perf_counter()
-        model_ms = (finished - started) * 1000
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (finished - started)
+        model_ms = (finished - started) * 1000
         self.stats.batches += 1
         self.stats.requests += len(calls)
-        batch_work = sum(call.work for call in calls)
-        self.stats.work += batch_work
-        self.stats.fill_sum += min(1.0, batch_size(calls) / self.config.max_batch_tokens)
+        self.stats.fill_sum += len(calls) / self.config.max_batch_size
         for model_id, indexes in by_model.items():
-            fill = sum(calls[i].cost for i in indexes) / self.config.max_batch_tokens
-            metrics.observe("unison_model_batch_fill_ratio", min(1.0, fill), model=model_id)
+            metrics.observe("unison_model_batch_fill_ratio", min(1.0, len(indexes) / self.config.max_batch_size),
+                            model=model_id)
         self.stats.model_seconds += finished - started
-        for call, result in zip(calls, results, strict=True):
-            # `batch_work` and `replica` let the ingress learn what a work unit costs (unison.serving.work).
-            result["latency_ms"] = {"queue": (started - call.arrived) * 1000, "model": model_ms}
-            result["batch"] = {"work": batch_work, "replica": self.replica}
-            counts = self.versions.setdefault(call.loaded.model_id, {"requests": 0, "errors": 0})
+        for (arrived, _, loaded), result in zip(calls, results, strict=True):
+            result["latency_ms"] = {"queue": (started - arrived) * 1000, "model": model_ms}
+            counts = self.versions.setdefault(loaded.model_id, {"requests": 0, "errors": 0})
             counts["requests"] += 1
             counts["errors"] += "error" in result
         return results

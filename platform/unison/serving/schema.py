@@ -20,11 +20,10 @@ from unison.serving.body import DEFAULT_MAX_BODY_BYTES
 class RequestError(Exception):
     """A request the server refuses; `status` is the HTTP status, the message goes into `{"error": ...}`."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.headers = headers
 
 
 class ApiLimits(BaseModel):
@@ -42,12 +41,6 @@ class ApiLimits(BaseModel):
                                             "read-ahead (deploy/serve.yaml, `controller_options`).")
     request_timeout_s: float = Field(default=10.0, gt=0,
                                      description="A request not answered by the model in this time answers 504.")
-    max_queued_s: float = Field(
-        default=2.0, gt=0,
-        description="Admission by work: a request is answered 503 with `Retry-After` at once when the work already "
-        "in flight plus its own would take the model longer than this to finish (estimated from tokens and the "
-        "model's measured speed: unison.serving.work). Keep it well under request_timeout_s, so what is accepted "
-        "finishes in time.")
 
 
 # ---------------------------------------------------------------------------------------------- /v1

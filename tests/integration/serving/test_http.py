@@ -3,6 +3,7 @@ a model that fails to load, run-time batching changes through `serve deploy`, an
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from tests.integration.serving.redeploy import model_info, restore, serve_deploy, wait_model_info, wait_settled
+import yaml
 
 from unison.config import Settings
 from unison.serving import deploy
@@ -333,17 +334,82 @@ def test_a_model_that_fails_to_load_answers_503_and_others_keep_serving(url: str
     assert httpx.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
 
 
-def test_batching_changes_at_run_time_throughserve_deploy(serve_settings: Settings, url: str,
+def _model_info(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/v1/models", timeout=30).json()["replica"]
+
+
+def _wait_model_info(url: str, ready: Any, timeout: float = 180) -> dict[str, Any]:
+    """The Model replica's info once `ready(info)` holds. While a redeploy replaces the replica, /v1/models may
+    answer an error (no replica yet): that is "not yet", not a failure."""
+    deadline = time.monotonic() + timeout
+    seen: Any = None
+    while True:
+        try:
+            seen = httpx.get(f"{url}/v1/models", timeout=30).json()
+            if "replica" in seen and ready(seen["replica"]):
+                return dict(seen["replica"])
+        except (httpx.HTTPError, ValueError) as exc:
+            seen = repr(exc)
+        assert time.monotonic() < deadline, f"the Model replica never got ready; last answer: {seen}"
+        time.sleep(1)
+
+
+def _settled(settings: Settings, since: float) -> bool:
+    """A deploy made after `since` is rolled out: the application RUNNING with one RUNNING Model replica (not
+    merely the old one still)."""
+    from unison.ops.stack import endpoints
+
+    app = deploy.applications(endpoints(settings))["applications"].get("unison", {})
+    replicas = app.get("deployments", {}).get(MODEL, {}).get("replicas", [])
+    return (app.get("last_deployed_time_s", 0) > since and app.get("status") == "RUNNING"
+            and [r["state"] for r in replicas] == ["RUNNING"])
+
+
+def _wait_settled(settings: Settings, since: float, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not _settled(settings, since):
+        assert time.monotonic() < deadline, "the redeploy did not roll out"
+        time.sleep(1)
+
+
+def _restore(settings: Settings, tmp_path: Path, url: str) -> None:
+    """Deploy the file's settings again and wait until they are rolled out and answering, so whatever runs next
+    does not meet a replica swap."""
+    since = time.time()
+    _serve_deploy(settings, tmp_path, {})
+    _wait_settled(settings, since)
+    _wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 16)
+    deadline = time.monotonic() + 180
+    while httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=60).status_code != 200:
+        assert time.monotonic() < deadline, "the restored application does not answer"
+        time.sleep(1)
+
+
+def _serve_deploy(settings: Settings, tmp_path: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """Ray's own `serve deploy` CLI with the config `unison serve config` renders."""
+    from unison.ops.stack import endpoints
+
+    stack = endpoints(settings)
+    config = deploy.render(settings, stack, int(deploy.url(settings).rsplit(":", 1)[1]), overrides)
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", stack.ray_dashboard_url],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_batching_changes_at_run_time_through_serve_deploy(serve_settings: Settings, url: str,
                                                            tmp_path: Path) -> None:
     fixed = {"autoscaling_config": None, "num_replicas": 1}
     since = time.time()  # the controller stamps the deploy with its own clock (same machine)
-    serve_deploy(serve_settings, tmp_path, {MODEL: fixed})  # one replica, so every answer comes from it
+    _serve_deploy(serve_settings, tmp_path, {MODEL: fixed})  # one replica, so every answer comes from it
     try:
-        wait_settled(serve_settings, since)
-        before = wait_model_info(url, lambda info: True)
-        serve_deploy(serve_settings, tmp_path,
+        _wait_settled(serve_settings, since)
+        before = _wait_model_info(url, lambda info: True)
+        _serve_deploy(serve_settings, tmp_path,
                       {MODEL: {**fixed, "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}}})
-        info = wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 4)
+        info = _wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 4)
         assert info["batching"]["batch_wait_timeout_s"] == 0.02
         assert info["replica_pid"] == before["replica_pid"]  # reconfigured in place, not restarted
 
@@ -354,22 +420,22 @@ def test_batching_changes_at_run_time_throughserve_deploy(serve_settings: Settin
             return [r.status_code for r in responses]
 
         assert set(asyncio.run(burst())) == {200}
-        stats = model_info(url)["stats"]
+        stats = _model_info(url)["stats"]
         assert stats["mean_requests_per_batch"] > 1  # concurrent requests really shared batches
         assert 0 < stats["fill_ratio"] <= 1
     finally:
-        restore(serve_settings, tmp_path, url)
+        _restore(serve_settings, tmp_path, url)
 
 
 def test_overload_answers_503_quickly(serve_settings: Settings, url: str, tmp_path: Path) -> None:
     since = time.time()
-    serve_deploy(serve_settings, tmp_path, {MODEL: {"autoscaling_config": None, "num_replicas": 1,
+    _serve_deploy(serve_settings, tmp_path, {MODEL: {"autoscaling_config": None, "num_replicas": 1,
                                                      "max_ongoing_requests": 1, "max_queued_requests": 1,
                                                      "user_config": {"max_batch_size": 1,
                                                                      "batch_wait_timeout_s": 0.0}}})
     try:
-        wait_settled(serve_settings, since)  # a new replica: the queue limits changed
-        wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 1)
+        _wait_settled(serve_settings, since)  # a new replica: the queue limits changed
+        _wait_model_info(url, lambda info: info["batching"]["max_batch_size"] == 1)
         heavy = {"instances": [{**GOOD, "ticket_id": str(i), "body": "my invoice is wrong " * 40}
                                for i in range(64)]}
 
@@ -397,7 +463,7 @@ def test_overload_answers_503_quickly(serve_settings: Settings, url: str, tmp_pa
         assert max(seconds for seconds, _ in rejected) < served[-1]  # refused at once, not after waiting in line
         assert httpx.post(f"{url}/v1/predict", json={"instances": [GOOD]}, timeout=60).status_code == 200
     finally:
-        restore(serve_settings, tmp_path, url)
+        _restore(serve_settings, tmp_path, url)
 
 
 def test_serve_status_cli_lists_the_deployments(serve_settings: Settings, unison_env: dict[str, str]) -> None:

@@ -12,8 +12,6 @@ from unison.serving.model_server import BatchStats, LoadedModel, ModelLoadError,
 
 
 class _Predictor:
-    max_length = 128
-
     def __init__(self, healthy: bool = True) -> None:
         self.healthy = healthy
         self.closed = False
